@@ -1,0 +1,54 @@
+"""Model registry: `build_model(name, num_classes=10)` and `list_models()`.
+
+The registry is an explicit dict, so the set of models is visible in one place and a typo gets a
+list of valid names instead of an AttributeError.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import UsageError
+from .resnet import (BasicBlock, Bottleneck, CifarResNet, PreActBlock, ResNet,
+                     init_weights)
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": partial(ResNet, BasicBlock, [2, 2, 2, 2]),
+    "resnet34": partial(ResNet, BasicBlock, [3, 4, 6, 3]),
+    "resnet50": partial(ResNet, Bottleneck, [3, 4, 6, 3]),
+    "resnet101": partial(ResNet, Bottleneck, [3, 4, 23, 3]),
+    "resnet152": partial(ResNet, Bottleneck, [3, 8, 36, 3]),
+    "preact_resnet18": partial(ResNet, PreActBlock, [2, 2, 2, 2], preact=True),
+    "resnet20": partial(CifarResNet, 20),
+    "resnet32": partial(CifarResNet, 32),
+    "resnet44": partial(CifarResNet, 44),
+    "resnet56": partial(CifarResNet, 56),
+    "resnet110": partial(CifarResNet, 110),
+}
+
+
+def list_models() -> list[str]:
+    return list(_REGISTRY)
+
+
+def build_model(name: str, num_classes: int = 10, width: float = 1.0,
+                zero_init_residual: bool = False) -> nn.Module:
+    """Build a freshly initialised model from the registry."""
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}")
+    if num_classes < 1:
+        raise UsageError(f"num_classes must be >= 1, got {num_classes}")
+    if not width > 0:
+        raise UsageError(f"width must be > 0, got {width}")
+    model = _REGISTRY[name](num_classes=num_classes, width=width)
+    return init_weights(model, zero_init_residual)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["build_model", "list_models", "count_parameters"]
