@@ -1,0 +1,64 @@
+"""The command line: `resnet-cifar <command> ...` and `python -m resnet_cifar`.
+
+Each subcommand lives in its own module under `resnet_cifar.cli` with two functions:
+`add_parser(subparsers)` (flags and help) and `run(args) -> int` (validate, call the library,
+print). Nothing here trains or loads anything itself.
+
+Exit codes: 0 success, 2 usage or input error, 1 failure during work, 128+signal after
+SIGINT/SIGTERM (with a checkpoint written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import ResnetCifarError
+
+# Order = order in --help. A command is listed here only once it works.
+COMMANDS = ["env", "data", "summary", "train", "evaluate", "report", "predict", "export", "bench"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit code 2."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _available_commands():
+    for name in COMMANDS:
+        try:
+            yield name, importlib.import_module(f"{__name__}.{name}_cmd")
+        except ModuleNotFoundError as e:  # not built yet: leave it out rather than pretend
+            if e.name != f"{__name__}.{name}_cmd":
+                raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = _Parser(prog="resnet-cifar",
+                     description="Train ResNets on CIFAR-10/100 or a folder of small images.")
+    parser.add_argument("--version", action="version", version=f"resnet-cifar {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, module in _available_commands():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except ResnetCifarError as e:
+        print(f"resnet-cifar: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("resnet-cifar: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
