@@ -1,0 +1,121 @@
+"""Checkpoints: atomic, durable saves and safe loads.
+
+Save: write to a temporary file in the same directory, flush + fsync, `os.replace` onto the final
+name, fsync the directory. A crash at any moment leaves either the old file or the new one under
+the final name, never a partial one.
+
+Load: always `torch.load(weights_only=True)`: a checkpoint is data (tensors, numbers, strings,
+lists, dicts), never code. There is no fallback to an unsafe load.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CheckpointError, UsageError
+
+FORMAT = "resnet-cifar/1"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems/platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call `write(fileobj)` on a temp file beside `path`, then atomically move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def save(state: dict[str, Any], path: str | Path) -> None:
+    """Atomically save a checkpoint dict. Any failure raises CheckpointError; the old file stays."""
+    state = {"format": FORMAT, **state}
+    try:
+        atomic_write(path, lambda f: torch.save(state, f))
+    except OSError as e:
+        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; "
+                              "the previous checkpoint is intact (free disk space or choose another --out)") from None
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Safely load a checkpoint file written by `save`; every failure is one CheckpointError line."""
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"checkpoint {str(p)!r} does not exist; pass a .pt file or a run directory")
+    if p.is_dir():
+        candidate = p / "checkpoints" / "best.pt"
+        if not candidate.is_file():
+            raise UsageError(f"{str(p)!r} is a directory without checkpoints/best.pt; pass a checkpoint file")
+        p = candidate
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(p)!r} is empty (an interrupted copy?); use another checkpoint")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        if "weights_only" in str(e) or "Unsupported global" in str(e) or "Unsupported operand" in str(e):
+            raise CheckpointError(f"refusing to load {str(p)!r}: it contains code or objects that are not "
+                                  "plain tensors and values (weights_only=True); only load checkpoints you trust "
+                                  "to have been written by resnet-cifar") from None
+        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt ({first[:160]})") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError, IndexError,
+            TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {str(p)!r} is truncated or corrupt ({first[:160]}); "
+                              "use another checkpoint (e.g. checkpoints/best.pt or an earlier copy)") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{str(p)!r} is not a resnet-cifar checkpoint (no '{FORMAT}' format tag)")
+    for key in ("model", "model_args", "classes", "mean", "std"):
+        if key not in state:
+            raise CheckpointError(f"checkpoint {str(p)!r} lacks {key!r}; it is incomplete or from another tool")
+    state["path"] = str(p)
+    return state
+
+
+def build_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu",
+                          num_classes: int | None = None) -> torch.nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+    from .models import build_model
+
+    args = dict(state["model_args"])
+    if num_classes is not None and num_classes != args.get("num_classes"):
+        raise CheckpointError(f"checkpoint {state.get('path', '')!r} has {args.get('num_classes')} classes, "
+                              f"but the data has {num_classes}; use a checkpoint trained on this dataset")
+    try:
+        model = build_model(args["name"], num_classes=int(args["num_classes"]), width=float(args.get("width", 1.0)))
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError, UsageError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {state.get('path', '')!r} does not fit model "
+                              f"{args.get('name')!r}: {first[:200]}") from None
+    return model.to(device).eval()

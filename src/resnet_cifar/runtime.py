@@ -1,0 +1,137 @@
+"""Where and how the math runs: device choice, seeding and RNG state, autocast, GradScaler, compile.
+
+Everything that differs between CPU and CUDA is decided here once, so the training step itself
+has no device or precision branches (nanoGPT's pattern).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import warnings
+
+import numpy as np
+import torch
+
+from .errors import UsageError
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def pick_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if cuda_available() else "cpu"
+    if name == "cuda":
+        if not cuda_available():
+            raise UsageError("--device cuda was asked for but CUDA is not available "
+                             "(check `resnet-cifar env`); use --device cpu or auto")
+        return torch.device("cuda", local_rank if local_rank is not None else torch.cuda.current_device())
+    if name == "mps":
+        if not mps_available():
+            raise UsageError("--device mps was asked for but MPS is not available; use --device cpu or auto")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise UsageError(f"unknown device {name!r}; choose one of: auto, cpu, cuda, mps")
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """'auto' means bf16 on CUDA cards that have it (fp16 + GradScaler on older ones), off elsewhere."""
+    if amp != "auto":
+        if amp != "off" and device.type == "cpu" and amp == "fp16":
+            raise UsageError("--amp fp16 needs a CUDA device (fp16 on the CPU is slow and unscaled); "
+                             "use --amp bf16 or off on the CPU")
+        return amp
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "off"
+
+
+def autocast(device: torch.device, amp: str):
+    """A context manager built once per run; the step just does `with ctx:`."""
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """Only fp16 needs loss scaling; a disabled scaler passes everything through unchanged."""
+    return torch.amp.GradScaler(device.type if device.type == "cuda" else "cpu",
+                                enabled=(amp == "fp16" and device.type == "cuda"))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(on: bool) -> None:
+    """Bitwise-reproducible kernels (slower on CUDA). cuBLAS needs its workspace fixed first."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=False)
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+
+
+def rng_state() -> dict:
+    """All RNG states as plain values and tensors (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+        "cuda": torch.cuda.get_rng_state_all() if cuda_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if state["cuda"] and cuda_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def maybe_compile(model: torch.nn.Module, mode: str, device: torch.device, warn=None):
+    """torch.compile on CUDA by default. A compile failure falls back to eager with one warning.
+
+    Compilation is lazy (it happens on the first call), so the caller runs one warm-up step
+    through `first_call_guard` to catch failures there too.
+    """
+    enabled = mode == "on" or (mode == "auto" and device.type == "cuda")
+    if not enabled:
+        return model
+    try:
+        return torch.compile(model)
+    except Exception as e:  # noqa: BLE001 - any compiler failure means "run eager"
+        _warn_compile(e, warn)
+        return model
+
+
+def _warn_compile(e: Exception, warn) -> None:
+    msg = f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); running eager"
+    (warn or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
+
+
+def configure_threads() -> int:
+    """Use every core for intra-op parallelism (there are no loader workers to compete with)."""
+    n = os.cpu_count() or 1
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
