@@ -1,0 +1,104 @@
+"""How a run shows itself while it trains: a tqdm bar on a terminal, plain lines in a log.
+
+The engine calls these hooks and never prints. Live numbers come from device tensors; they are
+read at most every `refresh` seconds because each read is a CPU-GPU sync point.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Silent:
+    """No output (library use, tests)."""
+
+    def log(self, message: str) -> None:
+        pass
+
+    def epoch_start(self, epoch: int, epochs: int, steps: int, start: int = 0) -> None:
+        pass
+
+    def step(self, images: int, sums) -> None:
+        pass
+
+    def estimate(self, seconds_total: float, epochs: int) -> None:
+        pass
+
+    def epoch_end(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Console(Silent):
+    """A tqdm bar per epoch when stderr is a terminal; otherwise one line per epoch and no bar noise."""
+
+    def __init__(self, stream=None, bar: bool | None = None, refresh: float = 1.0):
+        self.stream = stream or sys.stderr
+        if bar is None:
+            bar = self.stream.isatty() and not os.environ.get("RESNET_CIFAR_NO_PROGRESS")
+        self.use_bar = bar
+        self.refresh = refresh
+        self.bar = None
+        self.eta_note = ""
+        self._last = 0.0
+        self._t0 = 0.0
+        self._images = 0
+
+    def log(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def epoch_start(self, epoch, epochs, steps, start=0):
+        self._t0, self._images, self._last = time.perf_counter(), 0, 0.0
+        if self.use_bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch}/{epochs}", file=self.stream,
+                            leave=False, dynamic_ncols=True, unit="step")
+
+    def step(self, images, sums):
+        self._images += images
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        now = time.perf_counter()
+        if now - self._last >= self.refresh:
+            self._last = now
+            loss_sum, correct, count = (float(v) for v in sums)  # sync point, rate-limited
+            rate = self._images / max(now - self._t0, 1e-9)
+            self.bar.set_postfix_str(f"loss {loss_sum / max(count, 1):.3f} acc {correct / max(count, 1):.3f} "
+                                     f"{rate:.0f} img/s{self.eta_note}", refresh=False)
+
+    def estimate(self, seconds_total, epochs):
+        self.eta_note = f" | est. total {_fmt_time(seconds_total)}"
+        self.log(f"estimated total time for {epochs} epochs: {_fmt_time(seconds_total)} "
+                 "(from the first steps; stop with Ctrl-C, a checkpoint is written and --resume continues)")
+
+    def epoch_end(self, row):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self.eta_note = ""
+        val = (f" val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}" if row.get("val_acc") is not None else "")
+        ema = f" ema {row['ema_val_acc']:.4f}" if row.get("ema_val_acc") is not None else ""
+        self.log(f"epoch {row['epoch']}: lr {row['lr']:.4g} train loss {row['train_loss']:.4f} "
+                 f"acc {row['train_acc']:.4f}{val}{ema} | {row['epoch_seconds']:.1f}s "
+                 f"{row['images_per_s']:.0f} img/s")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
