@@ -606,3 +606,37 @@ def load_resume_state(run_dir: str | Path) -> dict:
         raise UsageError(f"--resume {str(run_dir)!r}: no checkpoints/last.pt there; pass the run directory of "
                          "an earlier `resnet-cifar train`")
     return ckpt.load(path)
+
+
+def evaluate_checkpoint(state: dict, data: Dataset, *, split: str = "test", tta: bool = False,
+                        device: str = "auto", batch_size: int | None = None) -> dict:
+    """Evaluate a loaded checkpoint on the test split, or on the validation split it was chosen on
+    (rebuilt from the run's own val_size and seed, so it is the very same images)."""
+    from .config import from_dict
+
+    cfg = from_dict(state["config"])
+    dev = runtime.pick_device(device)
+    if split == "test":
+        if data.test_x is None:
+            raise UsageError(f"dataset {data.name!r} at {cfg.data_dir!r} has no test split; "
+                             "use --split val (or add DIR/test/<class>/ images)")
+        x, y = data.test_x, data.test_y
+    else:
+        if cfg.val_size == 0:
+            raise UsageError("this run had no validation split (--val-size 0); use --split test")
+        _, val_idx = train_val_split(data.train_y, cfg.val_size, cfg.seed)
+        x, y = data.train_x[val_idx], data.train_y[val_idx]
+    if list(state["classes"]) != list(data.classes):
+        raise UsageError(f"the checkpoint's classes {list(state['classes'])[:5]}... differ from the dataset's "
+                         f"{list(data.classes)[:5]}...; evaluate on the dataset the model was trained on")
+    model = ckpt.build_from_checkpoint(state, dev, num_classes=data.num_classes)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = runtime.resolve_amp(cfg.amp, dev)
+    result = evaluate(model, x.to(dev), y.to(dev), mean=tuple(state["mean"]), std=tuple(state["std"]),
+                      batch_size=batch_size or cfg.eval_batch_size, tta=tta, amp_ctx=runtime.autocast(dev, amp),
+                      channels_last=cfg.channels_last, num_classes=data.num_classes)
+    result["per_class_acc"] = dict(zip(data.classes, result["per_class_acc"]))
+    result.update({"split": split, "tta": tta, "checkpoint": state.get("path"), "model": state["model_args"]["name"],
+                   "dataset": data.name, "device": str(dev)})
+    return result

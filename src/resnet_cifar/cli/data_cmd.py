@@ -1,0 +1,82 @@
+"""`resnet-cifar data download|stats|preview`: get the data, check its numbers, look at it."""
+
+from __future__ import annotations
+
+import json
+
+from .common import add_data_flags, stderr_log
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("data", help="download, inspect and preview datasets")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+
+    d = actions.add_parser("download", help="fetch and verify the official CIFAR archive")
+    add_data_flags(d)
+    d.add_argument("--url", help="mirror URL of the archive (or set RESNET_CIFAR_CIFAR10_URL / _CIFAR100_URL)")
+    d.set_defaults(run=run_download)
+
+    s = actions.add_parser("stats", help="per-class counts and per-channel mean/std of the train split")
+    add_data_flags(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(run=run_stats)
+
+    v = actions.add_parser("preview", help="a labelled grid of training images, as the network sees them")
+    add_data_flags(v)
+    v.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    v.add_argument("--augment", action="store_true", help="after the training augmentations (crop + flip)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--out", default="preview.png", metavar="FILE", help="PNG to write (default preview.png)")
+    v.set_defaults(run=run_preview)
+
+
+def run_download(args) -> int:
+    from ..data import cifar
+    from ..errors import UsageError
+
+    if args.dataset == "folder":
+        raise UsageError("`data download` fetches cifar10 or cifar100; a folder dataset is already on disk")
+    folder = cifar.download(args.dataset, args.data_dir, url=args.url, log=stderr_log)
+    print(f"{args.dataset}: verified batches in {folder}")
+    return 0
+
+
+def run_stats(args) -> int:
+    import time
+
+    from ..data import load_dataset
+    from ..data.stats import dataset_stats
+
+    t0 = time.perf_counter()
+    ds = load_dataset(args.dataset, args.data_dir, log=None if args.json else stderr_log)
+    load_s = time.perf_counter() - t0
+    st = dataset_stats(ds)
+    st["load_seconds"] = round(load_s, 3)
+    if args.json:
+        print(json.dumps(st))
+        return 0
+    print(f"{st['dataset']} in {args.data_dir}: {st['train_images']} train / "
+          f"{st['test_images'] if st['test_images'] is not None else 'no'} test images, "
+          f"{st['num_classes']} classes, loaded in {load_s:.2f}s")
+    width = max(len(c) for c in st["classes"])
+    print(f"  {'class':<{width}}  {'train':>7}  {'test':>7}")
+    for c in st["classes"]:
+        test = st["test_per_class"][c] if st["test_per_class"] else "-"
+        print(f"  {c:<{width}}  {st['train_per_class'][c]:>7}  {test:>7}")
+    fmt = lambda v: ", ".join(f"{x:.4f}" for x in v)  # noqa: E731
+    print(f"  train mean  {fmt(st['train_mean'])}   (normalisation uses {fmt(st['mean_in_use'])})")
+    print(f"  train std   {fmt(st['train_std'])}   (normalisation uses {fmt(st['std_in_use'])})")
+    return 0
+
+
+def run_preview(args) -> int:
+    from ..errors import UsageError
+    from ..preview import make_preview
+
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    path = make_preview(args.dataset, args.data_dir, n=args.n, augment=args.augment, out=args.out,
+                        seed=args.seed, log=stderr_log)
+    print(path)
+    return 0
