@@ -26,3 +26,31 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def load_dataset(name: str, data_dir, *, download: bool = False, url: str | None = None,
+                 log=None) -> Dataset:
+    """Load cifar10 | cifar100 | folder from `data_dir` as a Dataset.
+
+    cifar10/cifar100: the extracted official python batches in data_dir (MD5-verified before
+    reading); with `download=True` (or a `url`, which implies it) they are fetched first.
+    folder: data_dir/train/<class>/* and optional data_dir/test/<class>/*, decoded once and cached.
+    `log` is an optional callable taking one line of text (progress, cache use, resizing).
+    """
+    # Imported here so `import resnet_cifar.data` stays cheap (no PIL) and nothing runs at import.
+    from ..constants import DATASETS
+    from ..errors import UsageError
+
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if name == "folder":
+        if download or url:
+            raise UsageError("--download/--url only apply to cifar10 and cifar100; a folder "
+                             "dataset is read from --data-dir as it is")
+        from .folder import read_folder
+        return read_folder(data_dir, log=log)
+
+    from . import cifar
+    if download or url:
+        cifar.download(name, data_dir, url=url, log=log)
+    return cifar.read_cifar(name, data_dir, log=log)
