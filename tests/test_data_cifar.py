@@ -199,6 +199,8 @@ def test_flipped_byte_in_batch_is_refused_before_unpickling(tmp_path, fake10, mo
 def test_download_repairs_a_damaged_folder(tmp_path, fake10):
     cifar.download("cifar10", tmp_path, url=fake10.url, sources=fake10.sources)
     (tmp_path / FOLDER10 / "data_batch_2").write_bytes(b"garbage")
+    problems = cifar.verify_folder(tmp_path / FOLDER10, fake10.sources["cifar10"])
+    assert len(problems) == 1 and "data_batch_2 fails its MD5" in problems[0]
     lines = []
     cifar.download("cifar10", tmp_path, url=closed_port_url(), log=lines.append,
                    sources=fake10.sources)

@@ -70,7 +70,10 @@ def test_test_split_is_optional_and_must_match(tmp_path, synthetic_images):
     _make_folder(root, synthetic_images, test=False)
     ds = load_dataset("folder", root)
     assert ds.test_x is None and ds.test_y is None and ds.num_classes == 3
-    (root / "test" / "cat").mkdir(parents=True)
+    for c in ("bird", "cat", "dog"):
+        (root / "test" / c).mkdir(parents=True)
+    assert load_dataset("folder", root).test_x is None      # class folders, no images
+    (root / "test" / "bird").rmdir()
     (root / "test" / "horse").mkdir()
     with pytest.raises(DataError) as e:
         load_dataset("folder", root)

@@ -86,8 +86,10 @@ def resolve_url(name: str, url: str | None = None, sources: dict | None = None) 
     return url
 
 
-def _problems(folder: Path, src: dict) -> list[str]:
-    """Every expected batch/meta file that is missing or fails its MD5 (empty: folder is good)."""
+def verify_folder(folder: str | Path, src: dict) -> list[str]:
+    """Every expected batch/meta file of `folder` that is missing or fails its MD5, one line each
+    (empty: the folder is good). `src` is one entry of SOURCES."""
+    folder = Path(folder)
     bad = []
     for fname, md5 in _expected_files(src):
         path = folder / fname
@@ -166,7 +168,7 @@ def _extract(archive: Path, final: Path, src: dict, log: Log) -> None:
             raise DataError(f"cannot extract {archive}: {e}; the archive is corrupt: delete it "
                             f"and download again") from None
         extracted = tmp_root / src["folder"]
-        bad = _problems(extracted, src)
+        bad = verify_folder(extracted, src)
         if bad:
             raise DataError(f"{archive} does not contain the expected files "
                             f"({bad[0].replace(str(extracted), src['folder'])}); delete the "
@@ -202,7 +204,7 @@ def download(name: str, data_dir: str | Path, url: str | None = None, log: Log =
     _clean_leftovers(data_dir, log)
 
     if final.is_dir():
-        bad = _problems(final, src)
+        bad = verify_folder(final, src)
         if not bad:
             _say(log, f"{name} already present and verified at {final}")
             return final

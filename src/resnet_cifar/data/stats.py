@@ -1,8 +1,9 @@
 """Dataset statistics: counts per class and per-channel mean/std of the training split.
 
 Mean/std are over all pixels of all training images scaled to [0, 1] (the convention in
-constants.py). They are computed from per-channel histograms of the uint8 values, so the sums are
-exact integers and memory stays bounded (chunks of images), whatever the dataset size.
+constants.py). The sums of values and squared values are exact integers, accumulated over
+chunks of images so memory stays bounded whatever the dataset size; only the final division is
+floating point.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from .. import constants
 from . import Dataset
 
-_CHUNK = 4096   # images per chunk: 4096 * 1024 values per channel, ~32 MB of int64 at most
+_CHUNK = 2048   # images per chunk: 6 MB of uint8, 12 MB of uint16 squares
 
 
 def channel_mean_std(x: torch.Tensor) -> tuple[tuple[float, float, float],
@@ -25,21 +26,22 @@ def channel_mean_std(x: torch.Tensor) -> tuple[tuple[float, float, float],
         raise ValueError(f"expected uint8 images (N, 3, H, W), got {tuple(x.shape)} {x.dtype}")
     if x.shape[0] == 0:
         raise ValueError("cannot compute mean/std of zero images")
-    # numpy's bincount is ~3x faster than torch's reductions on one CPU thread here.
+    # Exact integer sums of v and v*v per channel (v*v <= 65025 fits uint16): numpy on uint8
+    # chunks measured ~4x faster than bincount or float64 reductions, and nothing rounds.
     xn = x.numpy() if x.device.type == "cpu" else x.cpu().numpy()
-    counts = np.zeros((3, 256), dtype=np.int64)
+    s1 = np.zeros(3, dtype=np.uint64)
+    s2 = np.zeros(3, dtype=np.uint64)
     for start in range(0, xn.shape[0], _CHUNK):
         chunk = xn[start:start + _CHUNK]
-        for c in range(3):
-            counts[c] += np.bincount(chunk[:, c].reshape(-1), minlength=256)
-    values = np.arange(256, dtype=np.int64)
-    n = int(counts[0].sum())
+        s1 += chunk.sum(axis=(0, 2, 3), dtype=np.uint64)
+        sq = chunk.astype(np.uint16)
+        sq *= sq
+        s2 += sq.sum(axis=(0, 2, 3), dtype=np.uint64)
+    n = xn.shape[0] * xn.shape[2] * xn.shape[3]
     means, stds = [], []
     for c in range(3):
-        s1 = int((counts[c] * values).sum())           # exact: at most 255 * n
-        s2 = int((counts[c] * values * values).sum())  # exact: at most 65025 * n
-        mean = s1 / n
-        var = max(s2 / n - mean * mean, 0.0)
+        mean = int(s1[c]) / n
+        var = max(int(s2[c]) / n - mean * mean, 0.0)
         means.append(mean / 255.0)
         stds.append(math.sqrt(var) / 255.0)
     return tuple(means), tuple(stds)
