@@ -125,15 +125,15 @@ def render_grid(pixels: torch.Tensor, labels, classes: list[str], out: str | Pat
     return layout
 
 
-def preview_dataset(ds, *, n: int = 64, augment: bool | Augment = False, out: str | Path | None = "grid.png",
-                    seed: int = 0, scale: int = 4) -> dict[str, Any]:
-    """Preview a loaded `data.Dataset`: see `make_preview`."""
+def preview_dataset(ds, *, n: int = 64, augment: bool | Augment = False, out: str | Path | None = "preview.png",
+                    seed: int = 0, scale: int = 4, source: str | None = None) -> dict[str, Any]:
+    """Preview a loaded `data.Dataset` (`source`, e.g. its folder, goes into the title): see `make_preview`."""
     x, y, indices = preview_batch(ds.train_x, ds.train_y, ds.mean, ds.std, n=n, augment=augment, seed=seed)
     pixels = denormalize(x, ds.mean, ds.std)
     aug = augment if isinstance(augment, Augment) else (Augment() if augment else None)
     what = ("augmented: crop {p}px {m} + {f}".format(
         p=aug.crop_padding, m=aug.pad_mode, f="flip" if aug.flip else "no flip") if aug else "not augmented")
-    title = f"{ds.name}: {len(x)} training images as the network sees them ({what}), seed {seed}"
+    title = f"{ds.name}{f' ({source})' if source else ''}: {len(x)} training images as the network sees them ({what}), seed {seed}"
     layout = render_grid(pixels, y, ds.classes, out, scale=scale, title=title)
     for cell, idx in zip(layout["cells"], indices.tolist()):
         cell["dataset_index"] = int(idx)
@@ -143,7 +143,7 @@ def preview_dataset(ds, *, n: int = 64, augment: bool | Augment = False, out: st
 
 
 def make_preview(dataset: str, data_dir: str | Path, *, n: int = 64, augment: bool = False,
-                 out: str | Path = "grid.png", seed: int = 0, download: bool = False,
+                 out: str | Path = "preview.png", seed: int = 0, download: bool = False,
                  scale: int = 4, log: Log = None) -> dict[str, Any]:
     """Load `dataset` from `data_dir` and write a labelled PNG grid of `n` training images.
 
@@ -153,4 +153,5 @@ def make_preview(dataset: str, data_dir: str | Path, *, n: int = 64, augment: bo
     from .data import load_dataset
 
     ds = load_dataset(dataset, data_dir, download=download, log=log)
-    return preview_dataset(ds, n=n, augment=augment, out=out, seed=seed, scale=scale)
+    return preview_dataset(ds, n=n, augment=augment, out=out, seed=seed, scale=scale,
+                           source=str(data_dir))

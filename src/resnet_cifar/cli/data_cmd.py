@@ -76,7 +76,9 @@ def run_preview(args) -> int:
 
     if args.n < 1:
         raise UsageError(f"--n must be >= 1, got {args.n}")
-    path = make_preview(args.dataset, args.data_dir, n=args.n, augment=args.augment, out=args.out,
+    grid = make_preview(args.dataset, args.data_dir, n=args.n, augment=args.augment, out=args.out,
                         seed=args.seed, log=stderr_log)
-    print(path)
+    print(f"wrote {grid['out']}: {grid['n']} training images of {grid['dataset']} in a "
+          f"{grid['rows']}x{grid['cols']} grid, {'augmented (crop + flip)' if grid['augment'] else 'not augmented'}, "
+          f"de-normalised from the network's input (seed {grid['seed']})")
     return 0
