@@ -162,20 +162,10 @@ def _cifar_status(name: str, data_dir: Path, verify: bool) -> dict[str, Any]:
     status["path"] = str(folder)
     if not verify:
         return status
-    problems = _verify_cifar(cifar, folder, src)
+    problems = cifar.verify_folder(folder, src)     # the data layer's own MD5 check
     status["verified"] = not problems
     status["problem"] = problems[0] if problems else None
     return status
-
-
-def _verify_cifar(cifar_module, folder: Path, src: dict) -> list[str]:
-    """MD5 of every batch file, through the data layer's own check."""
-    verify = getattr(cifar_module, "verify_folder", None) or getattr(cifar_module, "_problems", None)
-    if verify is not None:
-        return list(verify(folder, src))
-    # Fallback (data layer without a verify function): present/absent only.
-    return [f"{folder / f} is missing" for f, _ in [*src["train"], *src["test"], src["meta"]]
-            if not (folder / f).is_file()]
 
 
 def _image_folder_status(root: Path) -> dict[str, Any] | None:
