@@ -211,7 +211,7 @@ def test_download_repairs_a_damaged_folder(tmp_path, fake10):
 
 def test_interrupted_extraction_is_never_taken_as_complete(tmp_path, fake10):
     # A complete-looking leftover temp dir is not the dataset...
-    leftover = tmp_path / ".resnet-cifar-tmp-abc123" / FOLDER10
+    leftover = tmp_path / f".resnet-cifar-tmp-{FOLDER10}-abc123" / FOLDER10
     leftover.mkdir(parents=True)
     for fname, payload in fake10.files.items():
         (leftover / fname).write_bytes(payload)

@@ -153,6 +153,21 @@ def test_load_image_modes(tmp_path):
     arr, _ = folder.load_image(_save(tmp_path, "p.png", pal))
     np.testing.assert_array_equal(arr, np.asarray(pal.convert("RGB")))
 
+    # Palette with a transparent index: transparent pixels become black.
+    tp = Image.new("P", (32, 32), 0)
+    tp.putpalette([255, 255, 255] + [0, 200, 0] * 255)
+    tp.putpixel((5, 5), 1)
+    arr, _ = folder.load_image(_save(tmp_path, "pt.png", tp, transparency=0))
+    assert tuple(arr[5, 5]) == (0, 200, 0) and tuple(arr[0, 0]) == (0, 0, 0)
+
+    # EXIF orientation 6 (camera held sideways): the top half ends up on the right.
+    top = np.zeros((32, 32, 3), np.uint8)
+    top[:16] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    arr, _ = folder.load_image(_save(tmp_path, "exif.png", Image.fromarray(top), exif=exif))
+    assert (arr[:, 16:] == 255).all() and (arr[:, :16] == 0).all()
+
     # CMYK JPEG.
     cmyk = Image.fromarray(rgb).convert("CMYK")
     arr, _ = folder.load_image(_save(tmp_path, "cmyk.JPG", cmyk, quality=95))

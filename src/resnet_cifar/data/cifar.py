@@ -12,6 +12,7 @@ final name is complete unless someone edited it by hand, and reading re-verifies
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import io
@@ -24,6 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +41,7 @@ SOURCES = constants.CIFAR_SOURCES
 
 DOWNLOAD_TIMEOUT_S = 30          # per socket operation, so a dead mirror fails in 30 s, not hours
 _CHUNK = 1 << 20
-_TMP_PREFIX = ".resnet-cifar-tmp-"   # every temp file/dir we create in data_dir starts with this
+_TMP_PREFIX = ".resnet-cifar-tmp-"   # + the dataset's folder name: every temp file/dir we create
 
 Log = Callable[[str], None] | None
 
@@ -100,10 +102,24 @@ def verify_folder(folder: str | Path, src: dict) -> list[str]:
     return bad
 
 
-def _clean_leftovers(data_dir: Path, log: Log) -> None:
+def _tmp_prefix(src: dict) -> str:
+    return f"{_TMP_PREFIX}{src['folder']}-"
+
+
+def _mktemp(src: dict, directory: Path, *, folder: bool, suffix: str = ""):
+    try:
+        if folder:
+            return Path(tempfile.mkdtemp(prefix=_tmp_prefix(src), dir=directory))
+        return tempfile.mkstemp(prefix=_tmp_prefix(src), suffix=suffix, dir=directory)
+    except OSError as e:
+        raise UsageError(f"cannot write to data directory {directory} ({e.strerror or e}); "
+                         f"choose a writable --data-dir") from None
+
+
+def _clean_leftovers(data_dir: Path, src: dict, log: Log) -> None:
     # Temp files/dirs from an interrupted run are never used: they only ever become real by
     # os.replace after verification, so anything still carrying the prefix is garbage.
-    for p in data_dir.glob(_TMP_PREFIX + "*"):
+    for p in data_dir.glob(_tmp_prefix(src) + "*"):
         _say(log, f"removing leftover {p} from an interrupted download/extraction")
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
@@ -116,7 +132,7 @@ def _fetch(name: str, url: str, archive: Path, src: dict, log: Log) -> None:
     manual = (f"put {src['filename']} (MD5 {src['archive_md5']}) at {archive} by hand, "
               f"or use --url / {src['env']} for a mirror")
     _say(log, f"downloading {url}")
-    fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".part", dir=archive.parent)
+    fd, tmp_name = _mktemp(src, archive.parent, folder=False, suffix=".part")
     tmp = Path(tmp_name)
     h = hashlib.md5(usedforsecurity=False)
     size = 0
@@ -151,7 +167,8 @@ def _fetch(name: str, url: str, archive: Path, src: dict, log: Log) -> None:
 
 def _extract(archive: Path, final: Path, src: dict, log: Log) -> None:
     """Extract into a temp dir beside `final`, verify every file, then rename into place."""
-    tmp_root = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=final.parent))
+    tmp_root = _mktemp(src, final.parent, folder=True)
+    trash = None
     try:
         try:
             with tarfile.open(archive, "r:gz") as tar:
@@ -164,9 +181,13 @@ def _extract(archive: Path, final: Path, src: dict, log: Log) -> None:
                                 or ".." in Path(m.name).parts):
                             raise tarfile.TarError(f"unsafe member {m.name!r}")
                     tar.extractall(tmp_root)
-        except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as e:
             raise DataError(f"cannot extract {archive}: {e}; the archive is corrupt: delete it "
                             f"and download again") from None
+        except OSError as e:   # the archive is fine, writing failed (disk full, permissions)
+            raise DataError(f"cannot extract {archive} into {final.parent}: "
+                            f"{e.strerror or e}; free disk space or fix permissions and run "
+                            f"again") from None
         extracted = tmp_root / src["folder"]
         bad = verify_folder(extracted, src)
         if bad:
@@ -176,12 +197,13 @@ def _extract(archive: Path, final: Path, src: dict, log: Log) -> None:
         if final.exists():
             # A bad folder under the final name (checked by the caller): move it aside first,
             # because rename() cannot replace a non-empty directory.
-            trash = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=final.parent))
+            trash = _mktemp(src, final.parent, folder=True)
             os.replace(final, trash / "old")
         os.replace(extracted, final)
     finally:
-        _clean_leftovers(final.parent, None)
-        shutil.rmtree(tmp_root, ignore_errors=True)
+        for d in (tmp_root, trash):
+            if d is not None:
+                shutil.rmtree(d, ignore_errors=True)
     _say(log, f"extracted and verified {final}")
 
 
@@ -201,7 +223,7 @@ def download(name: str, data_dir: str | Path, url: str | None = None, log: Log =
                          f"choose another --data-dir") from None
     final = data_dir / src["folder"]
     archive = data_dir / src["filename"]
-    _clean_leftovers(data_dir, log)
+    _clean_leftovers(data_dir, src, log)
 
     if final.is_dir():
         bad = verify_folder(final, src)
@@ -250,6 +272,8 @@ def _read_verified(path: Path, md5: str, name: str, data_dir: Path) -> bytes:
     except FileNotFoundError:
         raise DataError(f"{path} is missing (an incomplete {name} folder); delete "
                         f"{path.parent} and {_download_hint(name, data_dir)}") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror or e}); check its permissions") from None
     got = hashlib.md5(raw, usedforsecurity=False).hexdigest()
     if got != md5:
         raise DataError(f"{path} fails its MD5 check (got {got}, expected {md5}): the file is "

@@ -41,6 +41,9 @@ def _say(log: Log, line: str) -> None:
 
 # --- one image -------------------------------------------------------------------------------
 
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
 def _to_rgb(im: Image.Image) -> np.ndarray:
     """Any PIL mode -> (H, W, 3) uint8 RGB."""
     mode = im.mode
@@ -57,7 +60,7 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
             g = g * (255.0 / 65535.0)
         g = np.clip(np.rint(g), 0, 255).astype(np.uint8)
         return np.repeat(g[..., None], 3, axis=2)
-    if "A" in mode or "a" in mode or "transparency" in im.info:
+    if mode in _ALPHA_MODES or "transparency" in im.info:
         # Transparency: composite on black (rgb * alpha). Fully transparent pixels often hold
         # arbitrary colours; compositing makes them a fixed value instead of leaking them in.
         rgba = np.asarray(im.convert("RGBA")).astype(np.uint16)
@@ -84,6 +87,9 @@ def load_image(path: str | Path) -> tuple[np.ndarray, bool]:
         raise UsageError(f"image {path} does not exist; check the path") from None
     except IsADirectoryError:
         raise UsageError(f"{path} is a directory, not an image file") from None
+    except PermissionError:
+        raise DataError(f"cannot read image {path}: permission denied; fix its permissions") \
+            from None
     except Exception as e:  # noqa: BLE001 - any failure to decode means a bad file
         raise DataError(f"cannot read image {path} ({type(e).__name__}: {e}); the file is "
                         f"corrupt or not an image: replace or remove it") from None
@@ -234,7 +240,11 @@ def load_split(root: str | Path, split: str, classes: list[str] | None = None, *
                log: Log = None, use_cache: bool = True):
     """Decode (or read from cache) root/<split>: returns (x uint8 (N,3,32,32), y int64, classes)."""
     root = Path(root)
-    classes, files, labels = scan_split(root, split, classes)
+    try:
+        classes, files, labels = scan_split(root, split, classes)
+    except OSError as e:   # e.g. a folder without read permission
+        raise DataError(f"cannot list {e.filename or root / split}: {e.strerror or e}; check "
+                        f"its permissions") from None
     key = _cache_key(classes, files)
     candidates = _cache_candidates(root, split, key)
     if use_cache:
@@ -251,7 +261,8 @@ def load_split(root: str | Path, split: str, classes: list[str] | None = None, *
                                  if n_resized else ""))
                     return torch.from_numpy(x), torch.from_numpy(labels), classes
 
-    _say(log, f"decoding {len(files)} images in {root / split} (once; the result is cached)")
+    _say(log, f"decoding {len(files)} images in {root / split}"
+              + (" (once: the result is cached)" if use_cache else ""))
     t0 = time.perf_counter()
     x, n_resized, first = _decode(root, files, log)
     took = time.perf_counter() - t0
