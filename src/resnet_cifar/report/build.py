@@ -7,7 +7,6 @@ A multi-seed directory (RUN_DIR/summary.json listing per-seed run dirs) gets eac
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from pathlib import Path
@@ -63,15 +62,9 @@ def load_eval_images(config: dict | None, predictions: dict, eval_split: str | N
         from ..data import load_dataset
     except ImportError:
         return None, "this installation has no dataset loader (resnet_cifar.data.load_dataset)."
-    kwargs = {}
-    try:
-        if "download" in inspect.signature(load_dataset).parameters:
-            kwargs["download"] = False
-    except (TypeError, ValueError):
-        pass
     _say(log, f"report: loading {name} images from {data_dir}")
     try:
-        ds = load_dataset(name, data_dir, **kwargs)
+        ds = load_dataset(name, data_dir, download=False, log=log)
     # Any exception: the data may be gone, corrupt or of another version; the report still
     # renders, and the message says what happened.
     except Exception as e:  # noqa: BLE001
@@ -132,7 +125,10 @@ def analyse_run(run_dir: str | Path, images=None, log: Log = None) -> dict[str, 
         n = int(len(labels))
         acc = float(np.trace(cm) / n) if n else None
         split = preds.get("split") or results.get("eval_split")
-        ref = results.get("test_acc") if split == "test" else None
+        # eval_acc: accuracy on whichever split predictions.npz holds; older results only test_acc
+        ref = results.get("eval_acc")
+        if ref is None and split == "test":
+            ref = results.get("test_acc")
         if acc is not None and metrics.finite(ref) and abs(acc - ref) > CONSISTENCY_TOLERANCE:
             notes.append(f"predictions.npz gives {100 * acc:.2f}% on the {split} split but "
                          f"results.json says {100 * ref:.2f}%; one of them is stale "
