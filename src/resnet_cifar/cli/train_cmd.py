@@ -102,9 +102,11 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
+    from ..distributed import RESTART_MARKER
+
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file; choose a directory path")
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != RESTART_MARKER for p in out.iterdir()):
         if not overwrite:
             raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace it, "
                              f"--resume {out} to continue it, or choose another --out")
@@ -112,14 +114,48 @@ def _check_out(out: Path, overwrite: bool) -> None:
             raise UsageError(f"--overwrite refuses to delete {str(out)!r}: it is not a resnet-cifar run directory")
 
 
+def _claim_out(out: Path, overwrite: bool) -> bool:
+    """Rank 0's verdict on --out: True for a torchrun restart of the job that created it."""
+    from .. import distributed
+
+    if distributed.is_restart_of(out):
+        return True
+    _check_out(out, overwrite)
+    return False
+
+
+def _restart_state(run_dir: Path, cfg) -> dict | None:
+    """Under a torchrun restart: the run's checkpoints/last.pt (None when it has none yet)."""
+    from ..engine import load_resume_state
+
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        return None
+    state = load_resume_state(run_dir)
+    if state.get("config") != cfg.to_dict():
+        raise UsageError(f"torchrun restart: {str(run_dir)!r} holds a run with another config; "
+                         "not resuming it (choose another --out)")
+    return state
+
+
 def run(args) -> int:
+    from .. import distributed
+
+    world = distributed.world_from_env()
+    distributed.init(world)  # first: every decision below is made once, on rank 0, and shared
+    try:
+        return _run(args, world)
+    finally:
+        distributed.shutdown(world)
+
+
+def _run(args, world) -> int:
     from .. import distributed, runtime
     from ..data import load_dataset
     from ..engine import fit, load_resume_state
     from ..progress import Console, Silent
 
-    world = distributed.world_from_env()
     console = Console() if world.is_main else Silent()
+    restarting = False
 
     if args.resume:
         extra = {k for k, v in _flag_values(args).items() if k != "device"} | (
@@ -128,7 +164,7 @@ def run(args) -> int:
         if extra:
             raise UsageError(f"--resume continues a run with its saved config; drop {', '.join(sorted(extra))} "
                              "(only --device may change)")
-        state = load_resume_state(args.resume)
+        state = distributed.on_main(lambda: load_resume_state(args.resume), world)
         from ..config import from_dict
 
         saved = dict(state["config"])
@@ -141,25 +177,39 @@ def run(args) -> int:
         file_values = load_config_file(args.config) if args.config else {}
         cfg = resolve(file_values, _flag_values(args), args.preset)
         seeds = _parse_seeds(args.seeds) if args.seeds else None
-        out = Path(cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}-{cfg.dataset}")
-        _check_out(out, args.overwrite)
+        out = Path(distributed.on_main(
+            lambda: cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}-{cfg.dataset}", world))
+        restarting = distributed.on_main(lambda: _claim_out(out, args.overwrite), world)
         if seeds:
             from dataclasses import replace
 
             runs = [(replace(cfg, seed=s, out=str(out / f"seed-{s}")), out / f"seed-{s}", None) for s in seeds]
         else:
             runs = [(cfg, out, None)]
+        if restarting:  # torchrun --max-restarts brought us back: continue from the last checkpoints
+            runs = [(c, d, distributed.on_main(lambda c=c, d=d: _restart_state(d, c), world)) for c, d, _ in runs]
+            for c, d, st in runs:
+                console.log(f"torchrun restart {distributed.restart_count()}: " + (
+                    f"resuming {d} from epoch {st['epoch']} batch {st['batch']} (checkpoints/last.pt)" if st
+                    else f"no checkpoint in {d} yet; starting it again"))
+        elif distributed.max_restarts() > 0 and not cfg.out:
+            console.log("warning: torchrun --max-restarts without --out: the default run directory is named "
+                        "after the start time, so a restart cannot find it; pass --out to resume on restarts")
         cfg = runs[0][0]
 
     runtime.configure_threads()
-    runtime.pick_device(cfg.device)  # fail on a missing CUDA before loading any data
-    data = load_dataset(cfg.dataset, cfg.data_dir, download=cfg.download and cfg.dataset != "folder",
-                        log=console.log)
-    if not args.resume and args.overwrite and out.exists() and world.is_main:
+    device = runtime.pick_device(cfg.device, world.local_rank if world.distributed else None)  # before any data
+    distributed.validate(cfg.batch_size, cfg.accum_steps, cfg.sync_bn, world, device)
+    data = distributed.main_first(lambda: load_dataset(
+        cfg.dataset, cfg.data_dir, download=cfg.download and cfg.dataset != "folder", log=console.log), world)
+    if not args.resume and args.overwrite and out.exists() and world.is_main and not restarting:
         shutil.rmtree(out)
+    if not args.resume and world.is_main:
+        distributed.mark_run_dir(out)  # lets a torchrun restart of this job resume here
     if world.is_main:
-        console.log(f"{cfg.model} on {cfg.dataset}: {len(data.train_y)} train images "
-                    f"(val {cfg.val_size}), {cfg.epochs} epochs, global batch {cfg.batch_size} "
+        n_train = cfg.train_subset or len(data.train_y) - cfg.val_size
+        console.log(f"{cfg.model} on {cfg.dataset}: {n_train} train / {cfg.val_size} val images, "
+                    f"{cfg.epochs} epochs, global batch {cfg.batch_size} "
                     f"= {cfg.batch_size // cfg.accum_steps // max(world.size, 1)} per device x {world.size} "
                     f"device(s) x {cfg.accum_steps} accumulation step(s), preset {cfg.preset} -> {out}")
     all_results = []
@@ -174,7 +224,6 @@ def run(args) -> int:
         _write_summary(out, all_results)
         if cfg.report:
             _build_report(out, console)
-    distributed.shutdown(world)
     return 0
 
 
