@@ -98,7 +98,7 @@ def plot_accuracy(rows, path, cuts=None, test_acc=None) -> Path:
     ax.set_title("Accuracy")
     ax.set_ylabel("%")
     _epoch_axis(ax)
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="best", fontsize=9)
     return _save(fig, path)
 
 
@@ -140,7 +140,8 @@ def plot_confusion(cm, classes, path) -> Path:
     ax.set_yticklabels(labels, fontsize=5 if small else 9)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"Confusion matrix ({int(cm.sum())} images; counts and row %)")
+    ax.set_title(f"Confusion matrix ({int(cm.sum())} images; "
+                 + ("colour = % of the true class)" if small else "counts and row %)"))
     if not small:
         for t in range(c):
             for p in range(c):
