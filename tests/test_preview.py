@@ -70,17 +70,25 @@ def test_png_has_one_labelled_cell_per_image(synthetic_images, tmp_path):
     assert len(boxes) == 10
 
 
-def test_augmented_preview_is_the_training_batch(synthetic_images):
-    ds = _dataset(synthetic_images)
-    x, y, idx = preview_batch(ds.train_x, ds.train_y, ds.mean, ds.std, n=12, augment=True, seed=5)
-    loader = DeviceLoader(ds.train_x, ds.train_y, batch_size=12, mean=ds.mean, std=ds.std, seed=5,
-                          augment=Augment(), channels_last=False)
-    _, lx, ly = next(iter(loader.batches(0)))
-    assert torch.equal(x, lx) and torch.equal(y, ly)
+def test_augmented_preview_is_the_start_of_the_first_training_batch(synthetic_images):
+    from resnet_cifar.config import resolve
+    from resnet_cifar.engine import augment_from, make_splits
+
+    ds = _dataset(synthetic_images, n_per_class=4)
+    cfg = resolve(flag_values={"val_size": 10, "seed": 5, "dataset": "folder"}, preset="tutorial")
+    x, y, idx = preview_batch(ds.train_x, ds.train_y, ds.mean, ds.std, n=12, augment=True, seed=5,
+                              val_size=10)
+    # What the trainer builds: its train split and its loader, epoch 1, batch 0.
+    splits = make_splits(cfg, ds, torch.device("cpu"))
+    loader = DeviceLoader(splits.train_x, splits.train_y, batch_size=16, mean=ds.mean, std=ds.std,
+                          seed=cfg.seed, augment=augment_from(cfg), channels_last=False)
+    _, lx, ly = next(iter(loader.batches(1)))
+    assert torch.equal(x, lx[:12]) and torch.equal(y, ly[:12])
     assert torch.equal(ds.train_y[idx], y)
+    assert not set(idx.tolist()) & set(splits.val_idx.tolist())     # no validation image shown
     pixels = denormalize(x, ds.mean, ds.std)
     plain = ds.train_x[idx]
-    # Crops and flips changed some images, and every pixel value is still a valid original one.
+    # Crops and flips changed most images.
     assert not torch.equal(pixels, plain)
     changed = [(pixels[i] != plain[i]).any().item() for i in range(12)]
     assert sum(changed) >= 6

@@ -1,10 +1,10 @@
 """A labelled grid of training images, exactly as the network sees them.
 
-The images are not read from disk again: they are the first batch that the training loader
-(`data.loader.DeviceLoader`) yields for epoch 0 with the given seed: a seeded shuffle, then, with
-`augment`, the training augmentations (random crop from the image padded by 4 pixels with
-reflection, random horizontal flip; `Augment()`'s defaults), then normalisation with the
-dataset's mean/std. Those float tensors are turned back into pixels with `denormalize`, the exact
+The images are the start of the first batch that `resnet-cifar train --seed SEED` trains on:
+the validation images held out as the trainer does (stratified, seeded), then the training
+loader's (`data.loader.DeviceLoader`) seeded shuffle for epoch 1, then, with `augment`, the
+training augmentations (random crop from the image padded by 4 pixels with reflection, random
+horizontal flip; `Augment()`'s defaults), then normalisation with the dataset's mean/std. Those float tensors are turned back into pixels with `denormalize`, the exact
 inverse of `normalize` (the classic tutorial's `img / 2 + 0.5` only inverts Normalize(0.5, 0.5), not
 the mean/std it actually trains with, so its previews have the wrong colours).
 
@@ -27,27 +27,40 @@ from .errors import UsageError, WorkError
 Log = Callable[[str], None] | None
 
 BACKGROUND = (255, 255, 255)
+DEFAULT_VAL_SIZE = 5000      # train's default --val-size
 TEXT = (20, 20, 20)
 
 
 def preview_batch(train_x: torch.Tensor, train_y: torch.Tensor, mean, std, *, n: int = 64,
-                  augment: bool | Augment = False, seed: int = 0
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first training batch of epoch 0: (normalised float images (n,3,32,32), labels, indices).
+                  augment: bool | Augment = False, seed: int = 0, val_size: int = DEFAULT_VAL_SIZE,
+                  epoch: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first `n` images of epoch `epoch` of a training run with this seed and val_size.
 
-    `indices` are positions in `train_x` (the seeded shuffle of the loader). `augment` is True for
-    the default training augmentations, False for none, or an explicit `Augment`.
+    Returns (normalised float images (n,3,32,32), labels, indices into `train_x`). Like the
+    trainer, the validation images are held out first (stratified, seeded; skipped when
+    val_size >= the number of images), and the loader's seeded shuffle and augmentation plan for
+    (seed, epoch) pick and transform the rest. Epochs count from 1, as in `train`. `augment` is
+    True for the default training augmentations, False for none, or an explicit `Augment`.
     """
+    from .data.split import train_val_split
+
     if n < 1:
         raise UsageError(f"--n must be at least 1, got {n}")
-    n = min(n, len(train_x))
+    if val_size < 0:
+        raise UsageError(f"--val-size must be 0 or more, got {val_size}")
+    keep = torch.arange(len(train_x))
+    if 0 < val_size < len(train_x):
+        keep, _ = train_val_split(train_y, val_size, seed)
+    x_all, y_all = train_x[keep], train_y[keep]
+    n = min(n, len(x_all))
     aug = augment if isinstance(augment, Augment) else (Augment() if augment else NO_AUGMENT)
-    loader = DeviceLoader(train_x, train_y, batch_size=n, mean=mean, std=std, seed=seed,
+    # The whole epoch's plan is drawn up front, so the first n positions are the same for any
+    # batch size: one batch of n is the start of the training run's first batch.
+    loader = DeviceLoader(x_all, y_all, batch_size=n, mean=mean, std=std, seed=seed,
                           augment=aug, shuffle=True, channels_last=False, device="cpu")
-    # The loader's shuffle for (seed, epoch 0): the same plan its first batch uses.
-    indices = plan_epoch(len(train_x), seed, 0, aug, shuffle=True).order[:n]
-    _, x, y = next(iter(loader.batches(0)))
-    return x, y, indices
+    order = plan_epoch(len(x_all), seed, epoch, aug, shuffle=True).order[:n]
+    _, x, y = next(iter(loader.batches(epoch)))
+    return x, y, keep[order]
 
 
 def _font(size: int):
@@ -126,9 +139,11 @@ def render_grid(pixels: torch.Tensor, labels, classes: list[str], out: str | Pat
 
 
 def preview_dataset(ds, *, n: int = 64, augment: bool | Augment = False, out: str | Path | None = "preview.png",
-                    seed: int = 0, scale: int = 4, source: str | None = None) -> dict[str, Any]:
+                    seed: int = 0, scale: int = 4, source: str | None = None,
+                    val_size: int = DEFAULT_VAL_SIZE) -> dict[str, Any]:
     """Preview a loaded `data.Dataset` (`source`, e.g. its folder, goes into the title): see `make_preview`."""
-    x, y, indices = preview_batch(ds.train_x, ds.train_y, ds.mean, ds.std, n=n, augment=augment, seed=seed)
+    x, y, indices = preview_batch(ds.train_x, ds.train_y, ds.mean, ds.std, n=n, augment=augment,
+                                  seed=seed, val_size=val_size)
     pixels = denormalize(x, ds.mean, ds.std)
     aug = augment if isinstance(augment, Augment) else (Augment() if augment else None)
     what = ("augmented: crop {p}px {m} + {f}".format(
@@ -144,14 +159,16 @@ def preview_dataset(ds, *, n: int = 64, augment: bool | Augment = False, out: st
 
 def make_preview(dataset: str, data_dir: str | Path, *, n: int = 64, augment: bool = False,
                  out: str | Path = "preview.png", seed: int = 0, download: bool = False,
-                 scale: int = 4, log: Log = None) -> dict[str, Any]:
+                 scale: int = 4, val_size: int = DEFAULT_VAL_SIZE, log: Log = None) -> dict[str, Any]:
     """Load `dataset` from `data_dir` and write a labelled PNG grid of `n` training images.
 
-    With `augment`, after the training augmentations (Augment() defaults). Returns the layout of
-    `render_grid` plus dataset, n, augment, seed, and `pixels` (the uint8 images drawn).
+    The images are the first `n` of the first training batch of `resnet-cifar train --seed SEED
+    --val-size VAL_SIZE` (see `preview_batch`), with `augment` after the training augmentations
+    (Augment() defaults), de-normalised. Returns the layout of `render_grid` plus dataset, n,
+    augment, seed, and `pixels` (the uint8 images drawn); each cell has its `dataset_index`.
     """
     from .data import load_dataset
 
     ds = load_dataset(dataset, data_dir, download=download, log=log)
     return preview_dataset(ds, n=n, augment=augment, out=out, seed=seed, scale=scale,
-                           source=str(data_dir))
+                           source=str(data_dir), val_size=val_size)

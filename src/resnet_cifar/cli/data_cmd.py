@@ -26,7 +26,9 @@ def add_parser(sub) -> None:
     add_data_flags(v)
     v.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     v.add_argument("--augment", action="store_true", help="after the training augmentations (crop + flip)")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=int, default=0, help="as train's --seed: the same first batch (default 0)")
+    v.add_argument("--val-size", type=int, default=5000,
+                   help="as train's --val-size: these images are held out, not shown (default 5000)")
     v.add_argument("--out", default="preview.png", metavar="FILE", help="PNG to write (default preview.png)")
     v.set_defaults(run=run_preview)
 
@@ -77,7 +79,7 @@ def run_preview(args) -> int:
     if args.n < 1:
         raise UsageError(f"--n must be >= 1, got {args.n}")
     grid = make_preview(args.dataset, args.data_dir, n=args.n, augment=args.augment, out=args.out,
-                        seed=args.seed, log=stderr_log)
+                        seed=args.seed, val_size=args.val_size, log=stderr_log)
     print(f"wrote {grid['out']}: {grid['n']} training images of {grid['dataset']} in a "
           f"{grid['rows']}x{grid['cols']} grid, {'augmented (crop + flip)' if grid['augment'] else 'not augmented'}, "
           f"de-normalised from the network's input (seed {grid['seed']})")
