@@ -220,6 +220,8 @@ class Trainer:
             seed=cfg.seed, augment=augment_from(cfg), channels_last=cfg.channels_last,
             rank=self.world.rank, world_size=self.world.size)
         self.steps_per_epoch = len(self.train_loader)
+        distm.validate(cfg.batch_size, cfg.accum_steps, cfg.sync_bn, self.world, self.device)
+        distm.validate_last_batch(self.train_loader.num_images, cfg.batch_size, cfg.accum_steps, self.world)
 
         model = build_model(cfg.model, self.num_classes, cfg.width, cfg.zero_init_residual)
         if cfg.sync_bn and self.world.distributed:
@@ -248,6 +250,7 @@ class Trainer:
         self.elapsed = 0.0
         self.skipped_steps = 0
         self.last_lr = cfg.lr
+        self._peer_stop = False   # DDP: some rank caught SIGINT/SIGTERM (agreed via distm.agree_step)
         if resume_state is not None:
             self._load_state(resume_state)
 
@@ -364,6 +367,10 @@ class Trainer:
 
     def _check_finite(self, finite: torch.Tensor | None, where: str) -> None:
         """Reads the previous step's flag (a sync point, one step behind so the GPU stays busy)."""
+        if finite is not None and finite.dim() == 1:  # DDP: [non-finite ranks, stopping ranks], all-reduced
+            bad, stopping = finite.tolist()
+            self._peer_stop = self._peer_stop or stopping > 0
+            finite = bad == 0
         if finite is None or bool(finite):
             if finite is not None:
                 self._consecutive_bad = 0
@@ -383,16 +390,24 @@ class Trainer:
     def _validate(self, model) -> dict | None:
         if self.splits.val_x is None:
             return None
-        return evaluate(model, self.splits.val_x, self.splits.val_y, mean=self.data.mean, std=self.data.std,
-                        batch_size=self.cfg.eval_batch_size, amp_ctx=self.amp_ctx,
-                        channels_last=self.cfg.channels_last, num_classes=self.num_classes)
+        # DDP: rank 0 evaluates the weights and BN statistics it saves; every rank gets its numbers,
+        # so the plateau, best-checkpoint and SWA decisions are the same everywhere.
+        return distm.on_main(lambda: evaluate(
+            model, self.splits.val_x, self.splits.val_y, mean=self.data.mean, std=self.data.std,
+            batch_size=self.cfg.eval_batch_size, amp_ctx=self.amp_ctx, channels_last=self.cfg.channels_last,
+            num_classes=self.num_classes), self.world)
+
+    def _stopping(self, stop: _StopFlag) -> bool:
+        """A stop signal, as every rank sees it at this step (DDP: agreed one step behind)."""
+        return self._peer_stop if self.world.distributed else stop.signum is not None
 
     def _train_epoch(self, epoch: int, stop: _StopFlag) -> dict:
         cfg = self.cfg
         self.train_model.train()
         sums = torch.zeros(3, dtype=torch.float64, device=self.device)
-        sums += torch.tensor([self.partial["loss_sum"], self.partial["correct"], self.partial["count"]],
-                             dtype=torch.float64, device=self.device)
+        if self.world.is_main:  # a resumed epoch's partial sums are global (all-reduced): count them once
+            sums += torch.tensor([self.partial["loss_sum"], self.partial["correct"], self.partial["count"]],
+                                 dtype=torch.float64, device=self.device)
         seconds_before = self.partial["seconds"]
         t0 = time.perf_counter()
         self.progress.epoch_start(epoch, cfg.epochs, self.steps_per_epoch, self.batch)
@@ -405,6 +420,8 @@ class Trainer:
             self._check_finite(pending, f"step {self.step} (epoch {epoch}, batch {b})")
             n_global = min(B, n - b * B)
             pending = self._train_step(x, y, n_global, sums)
+            if self.world.distributed:
+                pending = distm.agree_step(pending, stop.signum is not None, self.world)
             self.batch = b + 1
             self.progress.step(n_global, sums)
             done_here += 1
@@ -413,17 +430,17 @@ class Trainer:
                 per_step = (time.perf_counter() - t0) / done_here
                 self.progress.estimate(per_step * self.steps_per_epoch * cfg.epochs * 1.08, cfg.epochs)
             mid_epoch = self.batch < self.steps_per_epoch
-            if mid_epoch and (stop.signum is not None
+            if mid_epoch and (self._stopping(stop)
                               or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)):
                 self._check_finite(pending, f"step {self.step}")
                 pending = None
-                values = sums.tolist()
+                values = distm.all_reduce_sum(sums.clone(), self.world).tolist()
                 self.partial = {"loss_sum": values[0], "correct": values[1], "count": values[2],
                                 "seconds": seconds_before + time.perf_counter() - t0}
                 self.epoch = epoch - 1
                 self.save("last.pt")
-                if stop.signum is not None:
-                    raise Interrupted(stop.signum, f"stopped by signal {stop.signum} at epoch {epoch} batch {self.batch}; "
+                if self._stopping(stop):
+                    raise Interrupted(stop.signum or signal.SIGTERM, f"stopped by signal {stop.signum} at epoch {epoch} batch {self.batch}; "
                                       f"checkpoint written to {self.ckpt_dir / 'last.pt'}; continue with --resume {self.run_dir}")
         self._check_finite(pending, f"step {self.step} (epoch {epoch})")
         loss_sum, correct, count = distm.all_reduce_sum(sums.clone(), self.world).tolist()  # sync point
@@ -464,8 +481,9 @@ class Trainer:
                                 writer.add_scalar(k, row[k], epoch)
                         writer.flush()
                 self.progress.epoch_end(row)
-                if stop.signum is not None:
-                    raise Interrupted(stop.signum, f"stopped by signal {stop.signum} after epoch {epoch}; checkpoint "
+                if (distm.any_true(stop.signum is not None or self._peer_stop, self.world)
+                        if self.world.distributed else stop.signum is not None):
+                    raise Interrupted(stop.signum or signal.SIGTERM, f"stopped by signal {stop.signum} after epoch {epoch}; checkpoint "
                                       f"written to {self.ckpt_dir / 'last.pt'}; continue with --resume {self.run_dir}")
         if writer is not None:
             writer.close()
@@ -529,7 +547,7 @@ class Trainer:
         if x is None:
             eval_split, x, y = ("val", self.splits.val_x, self.splits.val_y)
         test = tta = None
-        if x is not None:
+        if x is not None and self.world.is_main:  # only rank 0 writes results; the others would repeat it
             test = evaluate(best_model, x, y, mean=self.data.mean, std=self.data.std, batch_size=cfg.eval_batch_size,
                             amp_ctx=self.amp_ctx, channels_last=cfg.channels_last, num_classes=self.num_classes,
                             return_probs=True)
@@ -566,8 +584,7 @@ class Trainer:
         return results
 
     def _best_model(self) -> torch.nn.Module:
-        state = ckpt.load(self.ckpt_dir / "best.pt", map_location=self.device) if self.world.is_main else None
-        state = distm.broadcast_object(state, self.world)
+        state = distm.on_main(lambda: ckpt.load(self.ckpt_dir / "best.pt", map_location="cpu"), self.world)
         model = ckpt.build_from_checkpoint(state, self.device)
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -594,9 +611,9 @@ def fit(cfg: Config, data: Dataset, run_dir: str | Path, *, progress=None, resum
     """Train (or continue) one run into run_dir; returns the results dict also written to results.json."""
     run_dir = Path(run_dir)
     world = world or distm.World()
-    if world.is_main:
-        prepare_run_dir(run_dir, cfg)
     trainer = Trainer(cfg, data, run_dir, progress=progress, resume_state=resume_state, world=world)
+    if world.is_main:  # after the Trainer's checks: a refused config leaves no run directory behind
+        prepare_run_dir(run_dir, cfg)
     return trainer.run()
 
 

@@ -1,0 +1,387 @@
+"""Distributed data parallel on the CPU with gloo: sharding, agreement, equivalence, torchrun restarts.
+
+The process tests start real processes (torch.multiprocessing with gloo, and torchrun itself);
+each is bounded by a timeout and kills what it started.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import TINY, tiny_dataset, write_png_folder
+from resnet_cifar import checkpoint as ckpt
+from resnet_cifar import distributed as distm
+from resnet_cifar import engine
+from resnet_cifar.config import from_dict, resolve
+from resnet_cifar.data import load_dataset
+from resnet_cifar.data.loader import Augment, DeviceLoader
+from resnet_cifar.errors import Interrupted, UsageError
+
+PY = Path(sys.executable)
+TORCHRUN = PY.parent / "torchrun"
+MEAN, STD = (0.45, 0.45, 0.45), (0.25, 0.25, 0.25)
+
+
+# ------------------------------------------------------------------------------ no processes
+@pytest.mark.parametrize("world_size", [2, 3, 4])
+def test_rank_shards_are_disjoint_and_rebuild_the_global_batch(synthetic_images, world_size):
+    x, y = synthetic_images(10, 4)                      # 40 images; batch 12 -> 12, 12, 12, 4
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    kw = dict(batch_size=12, mean=MEAN, std=STD, seed=3, augment=Augment(crop_padding=4, flip=True, cutout=8),
+              channels_last=False)
+    for epoch in (1, 2):
+        whole = list(DeviceLoader(x, y, **kw).batches(epoch))
+        shards = [list(DeviceLoader(x, y, rank=r, world_size=world_size, **kw).batches(epoch))
+                  for r in range(world_size)]
+        assert all(len(s) == len(whole) for s in shards)
+        for b, (_, xb, yb) in enumerate(whole):
+            parts = [s[b] for s in shards]
+            assert [p[0] for p in parts] == [b] * world_size
+            # same images, same augmentation, same order: the global batch does not depend on the world size
+            assert torch.equal(torch.cat([p[1] for p in parts]), xb)
+            assert torch.equal(torch.cat([p[2] for p in parts]), yb)
+    # every image once per epoch, on exactly one rank
+    order = torch.cat([torch.cat([xb for _, xb, _ in s]).flatten(1) for s in shards])
+    assert len(order) == len(x)
+
+
+def test_global_batch_must_divide_over_processes_and_micro_steps():
+    w2 = distm.World(rank=0, local_rank=0, size=2, local_size=2)
+    distm.validate(16, 2, False, w2, torch.device("cpu"))
+    distm.validate(3, 1, False, distm.World(), torch.device("cpu"))    # one process: no constraint here
+    with pytest.raises(UsageError, match=r"divide by processes x --accum-steps = 2 x 3 = 6"):
+        distm.validate(16, 3, False, w2, torch.device("cpu"))
+    with pytest.raises(UsageError, match="--sync-bn needs CUDA"):
+        distm.validate(16, 1, True, w2, torch.device("cpu"))
+
+
+def test_the_last_batch_must_feed_every_rank_every_micro_step():
+    w4 = distm.World(rank=1, local_rank=1, size=4, local_size=4)
+    distm.validate_last_batch(64, 16, 1, w4)            # no remainder
+    distm.validate_last_batch(68, 16, 1, w4)            # remainder 4: one image per rank
+    with pytest.raises(UsageError, match="last batch of each epoch has 2 image"):
+        distm.validate_last_batch(66, 16, 1, w4)
+    with pytest.raises(UsageError, match=">= 8"):
+        distm.validate_last_batch(68, 16, 2, w4)
+
+
+def test_trainer_refuses_an_unfeedable_last_batch_before_creating_the_run_dir(tmp_path, monkeypatch):
+    data = tiny_dataset(n_per_class=40)                                     # 160 images
+    world = distm.World(rank=0, local_rank=0, size=2, local_size=2)
+    monkeypatch.setattr(distm, "init", lambda *a, **k: None)               # no process group needed
+    cfg = resolve(flag_values={**TINY, "batch_size": 32, "val_size": 31})   # 129 train: remainder 1 < 2
+    with pytest.raises(UsageError, match="last batch"):
+        engine.fit(cfg, data, tmp_path / "run", world=world)
+    assert not (tmp_path / "run").exists()
+
+
+def test_single_process_helpers_are_plain_calls():
+    w = distm.World()
+    assert distm.on_main(lambda: 41 + 1, w) == 42
+    assert distm.main_first(lambda: "x", w) == "x"
+    flags = distm.agree_step(torch.tensor(False), True, w)
+    assert flags.tolist() == [1, 1]
+    assert distm.any_true(True, w) and not distm.any_true(False, w)
+    with pytest.raises(UsageError):
+        distm.on_main(lambda: (_ for _ in ()).throw(UsageError("no")), w)
+
+
+def test_world_from_torchrun_environment(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    w = distm.world_from_env()
+    assert (w.rank, w.local_rank, w.size, w.local_size) == (3, 1, 4, 2)
+    assert w.distributed and not w.is_main and not w.single_node
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distm.world_from_env() == distm.World()
+
+
+def test_restart_marker_only_matches_a_restart_of_the_same_job(tmp_path, monkeypatch):
+    from resnet_cifar.cli.train_cmd import _check_out
+
+    run = tmp_path / "run"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")
+    distm.mark_run_dir(run)
+    assert not run.exists()                       # no restarts possible: no marker
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    distm.mark_run_dir(run)
+    assert (run / distm.RESTART_MARKER).is_file()
+    _check_out(run, overwrite=False)              # the marker alone does not make --out "not empty"
+    assert not distm.is_restart_of(run)           # first attempt
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert distm.is_restart_of(run)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-b")
+    assert not distm.is_restart_of(run)           # another job's run directory is never taken over
+
+
+# ----------------------------------------------------------------- 2 processes vs 1 process
+class _NoBN(nn.Module):
+    """BN-free: a DDP step then equals the one-process step exactly (up to float rounding)."""
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3)))
+
+
+def _no_bn(name, num_classes=10, width=1.0, zero_init_residual=False):
+    return _NoBN(num_classes)
+
+
+EQ = {**TINY, "batch_size": 16, "val_size": 8, "epochs": 2, "checkpoint_every": 1, "nesterov": True,
+      "weight_decay": 5e-4, "label_smoothing": 0.1, "warmup_epochs": 0.5}
+
+
+def _eq_data():
+    return tiny_dataset(n_per_class=12, num_classes=4, test_per_class=0)   # 40 train: batches 16, 16, 8
+
+
+def _epochs(trainer, keep_mid=None):
+    """run()'s epoch loop without validation: train rows per epoch; copy the mid-epoch-1 checkpoint."""
+    stop = engine._StopFlag()   # not entered: no signal handlers in workers
+    rows = {}
+    for e in range(trainer.epoch + 1, trainer.cfg.epochs + 1):
+        rows[e] = trainer._train_epoch(e, stop)
+        if e == 1 and keep_mid is not None and trainer.world.is_main:
+            shutil.copy(trainer.ckpt_dir / "last.pt", keep_mid)   # written at step 2 of 3
+        trainer.epoch, trainer.batch = e, 0
+        trainer.partial = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
+    return rows
+
+
+def _summary(trainer, rows):
+    return {"model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+            "rows": {e: {k: r[k] for k in ("train_loss", "train_acc")} for e, r in rows.items()},
+            "step": trainer.step}
+
+
+def _eq_worker(rank, world_size, port, tmp, accum):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    engine.build_model = _no_bn
+    world = distm.World(rank=rank, local_rank=rank, size=world_size, local_size=world_size)
+    tmp = Path(tmp)
+    cfg = resolve(flag_values={**EQ, "accum_steps": accum})
+    fresh = engine.Trainer(cfg, _eq_data(), tmp / "ddp", world=world)
+    out = _summary(fresh, _epochs(fresh, keep_mid=tmp / "ddp_mid.pt"))
+    # a single-process mid-epoch checkpoint, continued by 2 processes
+    state = ckpt.load(tmp / "ref_mid.pt")
+    cont = engine.Trainer(from_dict(state["config"]), _eq_data(), tmp / "ddp_cont", world=world, resume_state=state)
+    out["cont"] = _summary(cont, _epochs(cont))
+    # a stop signal that only rank 1 catches (after step 1): both ranks stop at the same step
+    sig = engine.Trainer(replace(cfg, checkpoint_every=0), _eq_data(), tmp / "ddp_sig", world=world)
+    stop = engine._StopFlag()
+    real_step = sig._guarded_step
+
+    def step_then_signal(*a):
+        finite = real_step(*a)
+        if rank == 1 and sig.step == 1:
+            stop.signum = signal.SIGTERM
+        return finite
+
+    sig._guarded_step = step_then_signal
+    try:
+        sig._train_epoch(1, stop)
+        out["signal"] = None
+    except Interrupted as e:
+        out["signal"] = [sig.batch, sig.step, e.exit_code]
+    torch.save(out, tmp / f"rank{rank}.pt")
+    distm.barrier(world)
+    distm.shutdown(world)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(fn, args, nprocs, timeout):
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{nprocs} processes still running after {timeout}s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+
+
+def _assert_same_run(a, b, what):
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=2e-5, msg=f"{what}: {k}")
+    assert a["step"] == b["step"], what
+    for e in a["rows"]:
+        assert a["rows"][e]["train_loss"] == pytest.approx(b["rows"][e]["train_loss"], rel=1e-5), (what, e)
+        assert a["rows"][e]["train_acc"] == pytest.approx(b["rows"][e]["train_acc"], abs=1.5 / 40), (what, e)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_and_resume_across_world_sizes(tmp_path, monkeypatch):
+    """2 ranks x 8 images (x 2 micro-steps of 4, no_sync on the first) == 1 process x 16, for 6 steps
+    with momentum, nesterov, weight decay, warm-up and augmentation; checkpoints move between the two."""
+    monkeypatch.setattr(engine, "build_model", _no_bn)
+    ref = engine.Trainer(resolve(flag_values=EQ), _eq_data(), tmp_path / "ref")
+    ref_out = _summary(ref, _epochs(ref, keep_mid=tmp_path / "ref_mid.pt"))
+
+    _spawn(_eq_worker, (2, _free_port(), str(tmp_path), 2), nprocs=2, timeout=240)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+
+    for k in r0["model"]:   # DDP keeps the replicas identical
+        assert torch.equal(r0["model"][k], r1["model"][k]), k
+    _assert_same_run(ref_out, r0, "2 processes from scratch")
+    _assert_same_run(ref_out, r0["cont"], "1-process checkpoint continued by 2 processes")
+
+    # the DDP checkpoint: unwrapped keys, and partial sums of the whole global batch (all-reduced)
+    mid = ckpt.load(tmp_path / "ddp_mid.pt")
+    ref_mid = ckpt.load(tmp_path / "ref_mid.pt")
+    assert not any(k.startswith("module.") for k in mid["model"])
+    assert mid["world_size"] == 2 and (mid["epoch"], mid["batch"]) == (0, 2)
+    assert mid["partial"]["count"] == ref_mid["partial"]["count"] == 32
+    assert mid["partial"]["loss_sum"] == pytest.approx(ref_mid["partial"]["loss_sum"], rel=1e-5)
+    assert mid["partial"]["correct"] == ref_mid["partial"]["correct"]
+
+    # a signal caught by rank 1 only (during step 1): read with the next step's finite check, so both
+    # ranks stop after step 2 and rank 0 checkpoints there
+    assert r0["signal"] == r1["signal"] == [2, 2, 128 + signal.SIGTERM]
+    sig = ckpt.load(tmp_path / "ddp_sig" / "checkpoints" / "last.pt")
+    assert (sig["epoch"], sig["batch"], sig["step"], sig["partial"]["count"]) == (0, 2, 2, 32)
+
+    cont = engine.Trainer(from_dict(mid["config"]), _eq_data(), tmp_path / "cont", resume_state=mid)
+    _assert_same_run(ref_out, _summary(cont, _epochs(cont)), "2-process checkpoint continued by 1 process")
+
+
+# --------------------------------------------------------------------------------- torchrun
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _worker_pid(agent_pid: int, local_rank: int) -> int | None:
+    for pid in _descendants(agent_pid):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"LOCAL_RANK={local_rank}".encode() in env and any(e.startswith(b"TORCHELASTIC_RUN_ID=") for e in env):
+            return pid
+    return None
+
+
+def _stop_tree(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    pids = _descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in [proc.pid, *pids]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TORCHRUN.is_file() or not Path("/proc/self/environ").exists(),
+                    reason="needs torchrun beside the interpreter and Linux /proc")
+def test_torchrun_run_survives_a_killed_rank_and_matches_single_process_evaluation(tmp_path):
+    """torchrun --standalone --nproc-per-node 2 --max-restarts 1: rank 1 is SIGKILLed after the first
+    checkpoint; the job resumes from checkpoints/last.pt and finishes. Rank 0 alone wrote one run
+    directory, and its validation numbers equal a one-process evaluation of the saved weights."""
+    data_dir = write_png_folder(tmp_path / "data", n_per_class=16, num_classes=3, test_per_class=4)
+    epochs = 12
+    cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
+           "-m", "resnet_cifar", "train", "--dataset", "folder", "--data-dir", str(data_dir),
+           "--model", "resnet20", "--width", "0.25", "--epochs", str(epochs), "--batch-size", "16",
+           "--val-size", "16", "--device", "cpu", "--scheduler", "cosine", "--no-report", "--out", "run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RESNET_CIFAR_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
+    log = open(tmp_path / "torchrun.log", "w+")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    run = tmp_path / "run"
+    killed_at = None
+    try:
+        deadline = time.monotonic() + 400
+        while proc.poll() is None and time.monotonic() < deadline:
+            if killed_at is None and (run / "checkpoints" / "last.pt").is_file():
+                pid = _worker_pid(proc.pid, 1)
+                if pid is not None and not (run / "results.json").exists():
+                    killed_at = ckpt.load(run / "checkpoints" / "last.pt")["epoch"]
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        rc = proc.poll()
+    finally:
+        _stop_tree(proc)
+    log.seek(0)
+    out = log.read()
+    assert rc == 0, out[-4000:]
+    assert killed_at is not None and killed_at < epochs, out[-4000:]
+    assert "torchrun restart 1: resuming" in out, out[-4000:]
+
+    # rank 0 wrote one run directory; nothing else appeared (no second run dir, no stray runs/)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run", "torchrun.log"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))   # resumed, not restarted
+    results = json.loads((run / "results.json").read_text())
+    assert (results["world_size"], results["global_batch"], results["epochs"]) == (2, 16, epochs)
+
+    # the validation numbers are those of the saved weights, evaluated by one process
+    last = ckpt.load(run / "checkpoints" / "last.pt")
+    assert not any(k.startswith("module.") for k in last["model"])
+    cfg = from_dict(last["config"])
+    data = load_dataset("folder", data_dir)
+    splits = engine.make_splits(cfg, data, torch.device("cpu"))
+
+    def val_of(state):
+        model = ckpt.build_from_checkpoint(state, "cpu")
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return engine.evaluate(model, splits.val_x, splits.val_y, mean=data.mean, std=data.std,
+                               batch_size=cfg.eval_batch_size, channels_last=cfg.channels_last,
+                               num_classes=data.num_classes)
+
+    val = val_of(last)
+    assert val["acc"] == pytest.approx(float(rows[-1]["val_acc"]), abs=1e-9)
+    assert val["loss"] == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-5)
+    best = ckpt.load(run / "checkpoints" / "best.pt")
+    assert val_of(best)["acc"] == pytest.approx(results["best_val_acc"], abs=1e-9)
