@@ -52,6 +52,7 @@ def test_torchscript_round_trip(ckpt, tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temp files left
 
 
+@pytest.mark.slow
 def test_onnx_round_trip(ckpt, tmp_path):
     pytest.importorskip("onnxruntime", reason="onnxruntime is an optional extra: pip install 'resnet-cifar[onnx]'")
     pytest.importorskip("onnxscript", reason="onnxscript is an optional extra: pip install 'resnet-cifar[onnx]'")

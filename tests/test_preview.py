@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from resnet_cifar.data import Dataset
-from resnet_cifar.data.loader import Augment, DeviceLoader, denormalize, normalize
+from resnet_cifar.data.loader import DeviceLoader, denormalize, normalize
 from resnet_cifar.preview import preview_batch, preview_dataset, render_grid
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
