@@ -29,7 +29,7 @@ from resnet_cifar import engine
 from resnet_cifar.config import from_dict, resolve
 from resnet_cifar.data import load_dataset
 from resnet_cifar.data.loader import Augment, DeviceLoader
-from resnet_cifar.errors import Interrupted, UsageError
+from resnet_cifar.errors import Interrupted, UsageError, WorkError
 
 PY = Path(sys.executable)
 TORCHRUN = PY.parent / "torchrun"
@@ -207,6 +207,20 @@ def _eq_worker(rank, world_size, port, tmp, accum):
         out["signal"] = None
     except Interrupted as e:
         out["signal"] = [sig.batch, sig.step, e.exit_code]
+    # a non-finite loss on rank 1 only (step 1): both ranks fail at the same check
+    nan = engine.Trainer(replace(cfg, checkpoint_every=0), _eq_data(), tmp / "ddp_nan", world=world)
+    real_nan_step = nan._guarded_step
+
+    def step_then_nan(*a):
+        finite = real_nan_step(*a)
+        return torch.tensor(False) if (rank == 1 and nan.step == 1) else finite
+
+    nan._guarded_step = step_then_nan
+    try:
+        nan._train_epoch(1, engine._StopFlag())
+        out["nan"] = None
+    except WorkError as e:
+        out["nan"] = [nan.step, str(e).split(";")[0]]
     torch.save(out, tmp / f"rank{rank}.pt")
     distm.barrier(world)
     distm.shutdown(world)
@@ -272,6 +286,8 @@ def test_two_processes_match_one_process_and_resume_across_world_sizes(tmp_path,
     assert r0["signal"] == r1["signal"] == [2, 2, 128 + signal.SIGTERM]
     sig = ckpt.load(tmp_path / "ddp_sig" / "checkpoints" / "last.pt")
     assert (sig["epoch"], sig["batch"], sig["step"], sig["partial"]["count"]) == (0, 2, 2, 32)
+    # a non-finite loss seen by rank 1 only fails both ranks at the same check (no rank left waiting)
+    assert r0["nan"] == r1["nan"] == [1, "loss became non-finite at step 1 (epoch 1, batch 1)"]
 
     cont = engine.Trainer(from_dict(mid["config"]), _eq_data(), tmp_path / "cont", resume_state=mid)
     _assert_same_run(ref_out, _summary(cont, _epochs(cont)), "2-process checkpoint continued by 1 process")
