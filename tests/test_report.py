@@ -276,6 +276,15 @@ def test_plateau_cut_too_early(tmp_path):
     assert "plateau_cut_too_early" not in ids(diagnose_csv(tmp_path, rows, {"epochs": 40}, {"scheduler": "multistep"}))
 
 
+def test_swa_lr_switch_is_not_a_plateau_decision(tmp_path):
+    rows = make_rows(40, lr=lambda e: 0.1 if e < 30 else 0.01, train_loss=lambda e: 1.0 / e,
+                     train_acc=lambda e: 0.5 + 0.01 * e, val_acc=lambda e: 0.49 + 0.01 * e)
+    cfg = {"scheduler": "plateau", "swa": True, "swa_lr": 0.01, "swa_start": 0.75}
+    assert [c["kind"] for c in lr_cuts(rows, cfg)] == ["swa"]
+    assert "plateau_cut_too_early" not in ids(diagnose_csv(tmp_path, rows, {"epochs": 40}, cfg))
+    assert "plateau_cut_too_early" in ids(diagnose_csv(tmp_path, rows, {"epochs": 40}, {**cfg, "swa": False}))
+
+
 def test_test_far_below_validation(tmp_path):
     res = {"test_acc": 0.90, "best_val_acc": 0.95, "candidates": {"raw": 0.95}, "selected": "raw",
            "eval_split": "test", "dataset": "cifar10"}
@@ -417,7 +426,7 @@ def test_multiseed_summary_page(tmp_path):
     assert not (top / "seed-0" / "report" / "mistakes.png").exists()
     assert any("loading cifar10" in line for line in lines)
     page = index.read_text()
-    assert f"{100 * mean:.2f}% ± {100 * std:.2f}" in page
+    assert f"{100 * mean:.2f} ± {100 * std:.2f}%" in page
     for s in accs:
         assert (top / f"seed-{s}" / "report" / "index.html").is_file()
         assert f'href="../seed-{s}/report/index.html"' in page

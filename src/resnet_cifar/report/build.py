@@ -148,7 +148,7 @@ def analyse_run(run_dir: str | Path, images=None, log: Log = None) -> dict[str, 
         else:
             out["images"], out["images_missing"] = load_eval_images(
                 config, preds, results.get("eval_split"), log)
-    out["lr_cuts"] = diagnosis.lr_cuts(rows)
+    out["lr_cuts"] = diagnosis.lr_cuts(rows, config)
     out["diagnosis"] = diagnosis.diagnose(rows, results, config)
     return out
 
@@ -206,6 +206,7 @@ def _draw(a: dict[str, Any], out: Path, log: Log) -> dict[str, str]:
                                                  out / "confusion.png").name
         figs["reliability"] = plots.plot_reliability(a["calibration"], out / "reliability.png").name
         if a["images"] is not None:
+            _say(log, "report: drawing example images")
             ex = a["examples"]
             if ex["mistakes"]:
                 figs["mistakes"] = plots.plot_image_grid(
@@ -298,6 +299,9 @@ def build_multiseed_report(run_dir: str | Path, log: Log = None, force: bool = F
             item["diagnosis"] = [{"id": f["id"], "severity": f["severity"], "title": f["title"]}
                                  for f in seed_summary.get("diagnosis") or []]
             item["ece"] = (seed_summary.get("calibration") or {}).get("ece")
+            seed_results = seed_summary.get("results") or {}
+            for key in ("best_epoch", "selected", "train_seconds", "test_acc_tta"):
+                item[key] = seed_results.get(key)
         except ResnetCifarError as e:
             # one broken seed must not hide the others: the table says what is wrong with it
             item["error"] = str(e)

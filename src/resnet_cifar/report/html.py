@@ -23,7 +23,8 @@ color:var(--fg);background:var(--bg)}
 main{max-width:1120px;margin:0 auto;padding:16px 20px 40px}
 h1{font-size:1.6rem;line-height:1.25;margin:.3em 0 .1em;overflow-wrap:anywhere}
 h2{font-size:1.25rem;margin:1.8em 0 .6em;padding-bottom:.2em;border-bottom:1px solid var(--line)}
-h3{font-size:1.02rem;margin:0 0 .3em}
+h3{font-size:1.02rem;margin:1.3em 0 .4em}
+.finding h3{margin:0 0 .3em}
 a{color:var(--accent)}
 .muted{color:var(--muted)}
 .meta{color:var(--muted);margin:0 0 .8em;overflow-wrap:anywhere}
@@ -60,7 +61,7 @@ border-radius:4px;padding:0 6px;margin-right:6px;color:#fff;background:var(--inf
 ul.files{padding-left:1.2em}ul.files li{overflow-wrap:anywhere}
 footer{margin-top:3em;font-size:.85rem;color:var(--muted)}
 @media (max-width:600px){body{font-size:15px}main{padding:10px 12px 32px}nav{margin:0 -12px;padding:6px 12px}
-h1{font-size:1.3rem}.card .v{font-size:1.25rem}.cards{grid-template-columns:repeat(2,minmax(0,1fr))}}
+h1{font-size:1.3rem}.card .v{font-size:1.25rem}.cards{grid-template-columns:repeat(auto-fit,minmax(140px,1fr))}}
 """
 
 
@@ -258,9 +259,11 @@ def render_run_page(a: dict, figs: dict[str, str], out: Path, files: list[tuple[
 
     b.append('<h2 id="curves">Training curves</h2>')
     if a["rows"]:
+        last = a["rows"][-1]["epoch"]
+        cut_note = ("Dotted lines: learning-rate cuts." if any(c["epoch"] < last for c in a["lr_cuts"])
+                    else "")
         b.append('<div class="figs">'
-                 + _figure(figs, out, "loss", "Training and validation loss per epoch",
-                           "Dotted lines: learning-rate cuts.")
+                 + _figure(figs, out, "loss", "Training and validation loss per epoch", cut_note)
                  + _figure(figs, out, "accuracy", "Training and validation accuracy per epoch",
                            "Train accuracy is measured on augmented images during the epoch.")
                  + _figure(figs, out, "lr", "Learning rate per epoch") + "</div>")
@@ -341,10 +344,13 @@ def render_multiseed_page(data: dict) -> str:
     b = [f"<h1>Multi-seed summary: {esc(run_name)}</h1>",
          f'<p class="meta">{len(seeds)} seeds · {esc(label)}</p>']
     mean, std = data.get("mean"), data.get("std")
+    values = [s.get(metric) for s in seeds if _finite(s.get(metric))]
+    spread = f"min {pct(min(values))}, max {pct(max(values))}" if values else ""
     b.append('<div class="cards">'
-             + _card(f"{label} (mean ± std)",
-                     f"{pct(mean)} ± {100 * std:.2f}" if _finite(mean) and _finite(std) else pct(mean),
-                     f"over {len(seeds)} seeds")
+             + _card(f"{label}, mean ± std",
+                     f"{100 * mean:.2f} ± {100 * std:.2f}%" if _finite(mean) and _finite(std)
+                     else pct(mean),
+                     f"over {len(values)} of {len(seeds)} seeds; {spread}" if spread else "")
              + "</div>")
     rows = []
     for s in seeds:
@@ -352,11 +358,14 @@ def render_multiseed_page(data: dict) -> str:
                 if s.get("report") else s.get("dir"))
         issues = [f["title"] for f in s.get("diagnosis") or [] if f["severity"] in ("problem", "warning")]
         status = s["error"] if s.get("error") else ("; ".join(issues) if issues else "healthy")
-        rows.append([s.get("seed"), link, pct(s.get("test_acc")), pct(s.get("best_val_acc")),
-                     pct(s.get("ece")), status])
+        rows.append([s.get("seed"), link, pct(s.get("test_acc")), pct(s.get("test_acc_tta")),
+                     pct(s.get("best_val_acc")),
+                     s.get("best_epoch") if s.get("best_epoch") is not None else "—",
+                     str(s["selected"]).upper() if s.get("selected") else "—",
+                     seconds(s.get("train_seconds")), pct(s.get("ece")), status])
     b.append('<h2 id="seeds">Seeds</h2>' + table(
-        ["seed", "run", "test accuracy", "best validation", "ECE", "diagnosis"], rows,
-        num=[2, 3, 4], wrap=[5]))
+        ["seed", "run", "test accuracy", "with TTA", "best validation", "best epoch", "weights",
+         "training time", "ECE", "diagnosis"], rows, num=[2, 3, 4, 5, 7, 8], wrap=[9]))
     b.append('<h2 id="files">Files</h2><ul class="files"><li><a href="../summary.json">summary.json'
              '</a></li><li><a href="summary.json">report/summary.json</a></li></ul>')
     return _page(f"Multi-seed summary: {run_name}", "".join(b))

@@ -48,8 +48,12 @@ def _xy(rows, name, scale=1.0):
     return ([e for e, _ in pts], [v for _, v in pts]) if pts else None
 
 
-def _mark_cuts(ax, cuts):
-    for i, c in enumerate(cuts or []):
+def _mark_cuts(ax, cuts, rows):
+    """A dotted line between the last epoch at the old lr and the first at the new one; a cut
+    after the last epoch changed nothing and would only stretch the axis."""
+    last = rows[-1]["epoch"] if rows else 0
+    shown = [c for c in cuts or [] if c["epoch"] < last]
+    for i, c in enumerate(shown):
         ax.axvline(c["epoch"] + 0.5, color=COLOURS["lr"], linestyle=":", linewidth=1,
                    label="lr cut" if i == 0 else None)
 
@@ -70,7 +74,7 @@ def plot_loss(rows, path, cuts=None) -> Path:
         xy = _xy(rows, name)
         if xy:
             ax.plot(*xy, label=label, color=colour, marker=_marker(rows), ms=3)
-    _mark_cuts(ax, cuts)
+    _mark_cuts(ax, cuts, rows)
     vals = [v for name in ("train_loss", "val_loss") for v in ((_xy(rows, name) or ([], []))[1])]
     if vals and min(vals) > 0 and max(vals) / min(vals) > 50:
         ax.set_yscale("log")  # a diverging loss would flatten the rest of the curve to a line
@@ -94,7 +98,7 @@ def plot_accuracy(rows, path, cuts=None, test_acc=None) -> Path:
     if test_acc is not None and math.isfinite(test_acc):
         ax.axhline(100 * test_acc, color=COLOURS["test"], linestyle="--", linewidth=1,
                    label=f"test {100 * test_acc:.2f}%")
-    _mark_cuts(ax, cuts)
+    _mark_cuts(ax, cuts, rows)
     ax.set_title("Accuracy")
     ax.set_ylabel("%")
     _epoch_axis(ax)
@@ -112,7 +116,7 @@ def plot_lr(rows, path, cuts=None) -> Path:
         if len(positive) == len(xy[1]) and max(positive) / min(positive) >= 20:
             ax.set_yscale("log")  # step schedules span decades; linear hides the later steps
     for c in cuts or []:
-        ax.annotate(f"{c['before']:.2g}→{c['after']:.2g}", (c["epoch"], c["after"]),
+        ax.annotate(f"{c['before']:.2g}→{c['after']:.2g}" + (" (SWA)" if c.get("kind") == "swa" else ""), (c["epoch"], c["after"]),
                     textcoords="offset points", xytext=(4, 6), fontsize=8)
     ax.set_title("Learning rate (end of epoch)")
     ax.set_ylabel("lr")
