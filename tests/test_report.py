@@ -437,3 +437,14 @@ def test_multiseed_summary_page(tmp_path):
     stamp = (top / "seed-0" / "report" / "index.html").stat().st_mtime_ns
     build_report(top)
     assert (top / "seed-0" / "report" / "index.html").stat().st_mtime_ns == stamp
+
+
+def test_stale_results_are_noted_and_misaligned_images_refused(tmp_path):
+    from resnet_cifar.report.build import analyse_run
+
+    run, images = make_run_dir(tmp_path / "run", results={"test_acc": 0.5})
+    a = analyse_run(run, images=images)
+    assert any("one of them is stale" in n for n in a["notes"])
+    assert a["images"] is not None and a["images_missing"] is None
+    with pytest.raises(UsageError, match="rows"):
+        analyse_run(run, images=images[:10])

@@ -170,12 +170,11 @@ def _jsonable(x):
 
 def summary_data(a: dict[str, Any], figures: dict[str, str]) -> dict[str, Any]:
     """What report/summary.json holds: everything computed, nothing that needs the images."""
-    ev = a["eval"]
     return _jsonable({
         "run_dir": a["run_dir"],
         "results": a["results"],
         "config": a["config"],
-        "eval": None if ev is None else {**ev, "confusion": ev["confusion"]},
+        "eval": a["eval"],
         "calibration": a["calibration"],
         "examples": a["examples"],
         "lr_cuts": a["lr_cuts"],

@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import quote
 
 CSS = """
 :root{--fg:#1d1f23;--muted:#5b616b;--bg:#fff;--card:#f4f6f8;--line:#dde1e6;--ok:#1b6e2a;
@@ -330,7 +331,7 @@ def render_run_page(a: dict, figs: dict[str, str], out: Path, files: list[tuple[
             env[k] = r[k]
     b.append('<h2 id="environment">Environment</h2>' + _key_values(env))
     b.append('<h2 id="files">Files</h2><ul class="files">'
-             + "".join(f'<li><a href="{esc(href)}">{esc(label)}</a></li>' for label, href in files)
+             + "".join(f'<li><a href="{esc(quote(href))}">{esc(label)}</a></li>' for label, href in files)
              + "</ul>")
     return _page(f"Run report: {run_name}", "".join(b))
 
@@ -354,7 +355,7 @@ def render_multiseed_page(data: dict) -> str:
              + "</div>")
     rows = []
     for s in seeds:
-        link = (Raw(f'<a href="../{esc(s["report"])}">{esc(s.get("dir") or "report")}</a>')
+        link = (Raw(f'<a href="../{esc(quote(s["report"]))}">{esc(s.get("dir") or "report")}</a>')
                 if s.get("report") else s.get("dir"))
         issues = [f["title"] for f in s.get("diagnosis") or [] if f["severity"] in ("problem", "warning")]
         status = s["error"] if s.get("error") else ("; ".join(issues) if issues else "healthy")
