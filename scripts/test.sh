@@ -15,7 +15,9 @@ if [ ! -f "$venv/.complete" ]; then
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --upgrade pip
+    # The pinned test stack first, then the project's own dependencies (resolved against it).
     "$venv/bin/pip" install -q -r requirements-test.txt
+    "$venv/bin/pip" install -q -e ".[test]"
     touch "$venv/.complete"
 fi
 # The project itself is cheap to (re)install and must be the checkout under test.
