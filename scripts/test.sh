@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Install everything the tests need and run them: `bash scripts/test.sh [pytest args]`.
 #
-# The virtual environment lives outside the checkout, keyed on the dependency files, so a rerun
+# The virtual environment lives outside the checkout, keyed on the dependency files and this
+# script, so a rerun
 # (or CI on the same machine) does not reinstall the 5 GB torch build. Override the location with
 # RESNET_CIFAR_VENV. Exits non-zero on any failure, including "no tests ran" (pytest's exit 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-key=$( (cat pyproject.toml requirements-test.txt; python3 --version) | sha256sum | cut -c1-16)
+key=$( (cat pyproject.toml requirements-test.txt scripts/test.sh; python3 --version) | sha256sum | cut -c1-16)
 venv=${RESNET_CIFAR_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/resnet-cifar/venv-$key}
 
 if [ ! -f "$venv/.complete" ]; then
