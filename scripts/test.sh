@@ -2,9 +2,8 @@
 # Install everything the tests need and run them: `bash scripts/test.sh [pytest args]`.
 #
 # The virtual environment lives outside the checkout, keyed on the dependency files and this
-# script, so a rerun
-# (or CI on the same machine) does not reinstall the 5 GB torch build. Override the location with
-# RESNET_CIFAR_VENV. Exits non-zero on any failure, including "no tests ran" (pytest's exit 5).
+# script, so a rerun (or CI on the same machine) does not reinstall the 5 GB torch build.
+# Override the location with RESNET_CIFAR_VENV. Exits non-zero on any failure, including "no tests ran" (pytest's exit 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
