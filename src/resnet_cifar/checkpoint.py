@@ -5,7 +5,9 @@ name, fsync the directory. A crash at any moment leaves either the old file or t
 the final name, never a partial one.
 
 Load: always `torch.load(weights_only=True)`: a checkpoint is data (tensors, numbers, strings,
-lists, dicts), never code. There is no fallback to an unsafe load.
+lists, dicts), never code. There is no fallback to an unsafe load. Before that, every member of
+the zip archive is checked against its CRC-32 (torch's own reader does not check them), so a
+flipped bit or a bad copy is refused instead of loading silently wrong weights.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,10 @@ def atomic_write(path: str | Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; give the file the permissions a plain open() would (umask applied).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -57,14 +65,58 @@ def atomic_write(path: str | Path, write) -> None:
     _fsync_dir(path.parent)
 
 
+class _Writer:
+    """File wrapper that keeps the OSError of a failed write: torch's zip writer reports it as a
+    bare RuntimeError ("unexpected pos ..."), which would hide e.g. "No space left on device"."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, b):
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self):
+        return self.f.flush()
+
+
 def save(state: dict[str, Any], path: str | Path) -> None:
     """Atomically save a checkpoint dict. Any failure raises CheckpointError; the old file stays."""
     state = {"format": FORMAT, **state}
+    writers = []
+
+    def write(f):
+        writers.append(_Writer(f))
+        torch.save(state, writers[-1])
+
     try:
-        atomic_write(path, lambda f: torch.save(state, f))
-    except OSError as e:
-        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}; "
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as e:
+        cause = writers[-1].error if writers and writers[-1].error is not None else e
+        reason = (cause.strerror if isinstance(cause, OSError) else None) or str(cause).strip().splitlines()[0][:160]
+        raise CheckpointError(f"could not write checkpoint {path}: {reason}; "
                               "the previous checkpoint is intact (free disk space or choose another --out)") from None
+
+
+def _verify_zip(p: Path) -> None:
+    """Read every member of a zip checkpoint so zipfile checks its CRC-32; raise on any damage."""
+    if not zipfile.is_zipfile(p):
+        return  # not a zip at all: torch.load refuses it below with its own message
+    try:
+        with zipfile.ZipFile(p) as zf:
+            for info in zf.infolist():
+                if info.CRC == 0 and info.file_size:
+                    continue  # written without CRCs (torch.serialization.set_crc32_options(False))
+                with zf.open(info) as f:
+                    while f.read(1 << 22):
+                        pass
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt ({first[:160]}: a flipped bit or an incomplete "
+                              "copy); use another checkpoint (e.g. checkpoints/best.pt or an earlier copy)") from None
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -79,8 +131,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         p = candidate
     if p.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {str(p)!r} is empty (an interrupted copy?); use another checkpoint")
+    _verify_zip(p)
     try:
-        state = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "Unsupported operand" in str(e):
@@ -95,9 +150,13 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
                               "use another checkpoint (e.g. checkpoints/best.pt or an earlier copy)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(p)!r} is not a resnet-cifar checkpoint (no '{FORMAT}' format tag)")
-    for key in ("model", "model_args", "classes", "mean", "std"):
+    for key, kind in (("model", dict), ("model_args", dict), ("classes", (list, tuple)), ("mean", (list, tuple)),
+                      ("std", (list, tuple))):
         if key not in state:
             raise CheckpointError(f"checkpoint {str(p)!r} lacks {key!r}; it is incomplete or from another tool")
+        if not isinstance(state[key], kind):
+            raise CheckpointError(f"checkpoint {str(p)!r} has a malformed {key!r} entry "
+                                  f"({type(state[key]).__name__}); it is corrupt or from another tool")
     state["path"] = str(p)
     return state
 
@@ -114,7 +173,9 @@ def build_from_checkpoint(state: dict[str, Any], device: str | torch.device = "c
     try:
         model = build_model(args["name"], num_classes=int(args["num_classes"]), width=float(args.get("width", 1.0)))
         model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError, UsageError) as e:
+        if len(state["classes"]) != int(args["num_classes"]):
+            raise RuntimeError(f"it names {len(state['classes'])} classes for {args['num_classes']} outputs")
+    except (RuntimeError, KeyError, TypeError, ValueError, UsageError) as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {state.get('path', '')!r} does not fit model "
                               f"{args.get('name')!r}: {first[:200]}") from None

@@ -151,6 +151,13 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise bad
+        if isinstance(value, int):
+            return value  # exact (a float round trip would change seeds above 2**53)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
         try:
             f = float(value)
         except ValueError:
@@ -235,6 +242,7 @@ def validate(cfg: Config) -> None:
         need(v >= 0, f"--{name.replace('_', '-')} must be >= 0, got {v}")
     need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
     need(cfg.width > 0, f"--width must be > 0, got {cfg.width}")
+    need(cfg.width <= 64, f"--width must be <= 64 (a channel multiplier: 1.0 = reference, 10 = very wide), got {cfg.width}")
     need(cfg.momentum < 1, f"--momentum must be < 1, got {cfg.momentum}")
     need(cfg.label_smoothing < 1, f"--label-smoothing must be < 1, got {cfg.label_smoothing}")
     need(cfg.ema < 1, f"--ema is a decay in [0, 1), got {cfg.ema}")
@@ -246,6 +254,7 @@ def validate(cfg: Config) -> None:
                  "checkpoint_every", "max_skipped_steps", "seed"):
         v = getattr(cfg, name)
         need(v >= 0, f"--{name.replace('_', '-')} must be >= 0, got {v}")
+    need(cfg.seed < 2**63, f"--seed must be below 2**63 (torch's generator range), got {cfg.seed}")
     need(cfg.crop_padding <= 16, f"--crop-padding must be <= 16, got {cfg.crop_padding}")
     need(cfg.cutout <= 32, f"--cutout must be <= 32, got {cfg.cutout}")
     need(cfg.batch_size % cfg.accum_steps == 0,

@@ -289,8 +289,14 @@ class Trainer:
                 raise CheckpointError(f"checkpoint {where!r} has no valid {key!r} state; it cannot resume the same "
                                       "trajectory (start a new run, or resume from another checkpoint)")
         rng = state["rng"]
-        if not isinstance(rng.get("torch"), torch.Tensor) or not isinstance(rng.get("numpy"), dict):
+        if (not isinstance(rng.get("torch"), torch.Tensor) or not isinstance(rng.get("numpy"), dict)
+                or not isinstance(rng.get("python"), dict)):
             raise CheckpointError(f"checkpoint {where!r} has corrupt RNG state; refusing to resume on a different trajectory")
+        partial = state["partial"]
+        if not (all(isinstance(partial.get(k), (int, float)) for k in ("loss_sum", "correct", "count", "seconds"))
+                and state["step"] >= 0 and state["accum_steps"] >= 1):
+            raise CheckpointError(f"checkpoint {where!r} has corrupt position state (step {state['step']}, "
+                                  f"accum_steps {state['accum_steps']}, partial sums {list(partial)}); refusing to resume")
         if not (0 <= state["batch"] < self.steps_per_epoch and 0 <= state["epoch"] <= self.cfg.epochs):
             raise CheckpointError(f"checkpoint {where!r} has an invalid data position (epoch {state['epoch']}, "
                                   f"batch {state['batch']}) for this dataset; refusing to resume")
@@ -304,7 +310,7 @@ class Trainer:
             if self.ema is not None and state.get("ema") is not None:
                 self.ema.load_state_dict(state["ema"])
             runtime.set_rng_state(rng)
-        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
             raise CheckpointError(f"checkpoint {where!r} does not match this run: "
                                   f"{str(e).strip().splitlines()[0][:200]}") from None
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
@@ -319,8 +325,8 @@ class Trainer:
     def save(self, name: str, model_state: dict | None = None, source: str = "raw") -> None:
         if not self.world.is_main:
             return
-        target = self.model if model_state is None else None
-        if target is not None and not _all_finite(target):
+        target = self.model.state_dict() if model_state is None else model_state  # EMA/SWA weights too
+        if not all(bool(torch.isfinite(t).all()) for t in target.values() if t.is_floating_point()):
             raise WorkError(f"weights became non-finite at step {self.step}; not saving {name} "
                             "(the previous checkpoint is intact); lower --lr or use --amp off")
         ckpt.save(self.state_dict(model_state, source), self.ckpt_dir / name)
@@ -357,6 +363,7 @@ class Trainer:
             sums[1] += (out.detach().argmax(1) == ym).sum()
             sums[2] += len(ym)
         sums[0] += loss_total
+        self._updating = True  # from here on the step cannot be redone (see _guarded_step)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -364,6 +371,49 @@ class Trainer:
             self.ema.update_parameters(self.model)
         self.step += 1
         return torch.isfinite(loss_total)
+
+    def _guarded_step(self, x, y, n_global: int, sums: torch.Tensor) -> torch.Tensor:
+        """`_train_step`, with CUDA out-of-memory turned into advice or, with --auto-batch, a retry.
+
+        The retry redoes the step from a clean slate with the micro-batch halved (accum_steps
+        doubled): gradients dropped, the metric sums and the BN statistics of the failed attempt
+        restored. So the run equals one that used that accumulation from the start; accum_steps
+        is in every checkpoint, so a resume keeps it.
+        """
+        auto = self.cfg.auto_batch and not self.world.distributed  # ranks would disagree on accum_steps
+        if auto:
+            saved_sums = sums.clone()
+            buffers = list(self.model.buffers())
+            saved_buffers = [b.clone() for b in buffers]
+        while True:
+            self._updating = False
+            try:
+                return self._train_step(x, y, n_global, sums)
+            except torch.cuda.OutOfMemoryError:
+                pass  # handled below, once the failed attempt's tensors are released
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            micro = -(-len(y) // self.accum_steps)
+            if not auto or self._updating or micro <= 1:
+                raise WorkError(self._oom_message(micro))
+            sums.copy_(saved_sums)
+            with torch.no_grad():
+                for b, s in zip(buffers, saved_buffers):
+                    b.copy_(s)
+            self.accum_steps *= 2
+            self.progress.log(f"out of memory with a micro-batch of {micro}: --auto-batch continues with "
+                              f"{-(-len(y) // self.accum_steps)} x {self.accum_steps} accumulation steps (same "
+                              f"global batch {self.cfg.batch_size}; kept in checkpoints)")
+
+    def _oom_message(self, micro: int) -> str:
+        B, a = self.cfg.batch_size, self.accum_steps
+        more = next((k for k in range(2 * a, B + 1) if B % k == 0), None)
+        fix = (f"keep the global batch with --accum-steps {more} (micro-batches of {B // more}"
+               f"{' per device' if self.world.distributed else ''})" if more else "lower --batch-size")
+        return (f"CUDA out of memory in training step {self.step + 1} with a micro-batch of {micro} images "
+                f"(--batch-size {B} / --accum-steps {a}{f' / {self.world.size} devices' if self.world.distributed else ''}); "
+                f"{fix}, or pass --auto-batch to halve it automatically")
 
     def _check_finite(self, finite: torch.Tensor | None, where: str) -> None:
         """Reads the previous step's flag (a sync point, one step behind so the GPU stays busy)."""
@@ -419,7 +469,7 @@ class Trainer:
         for b, x, y in self.train_loader.batches(epoch, start=self.batch):
             self._check_finite(pending, f"step {self.step} (epoch {epoch}, batch {b})")
             n_global = min(B, n - b * B)
-            pending = self._train_step(x, y, n_global, sums)
+            pending = self._guarded_step(x, y, n_global, sums)
             if self.world.distributed:
                 pending = distm.agree_step(pending, stop.signum is not None, self.world)
             self.batch = b + 1
@@ -644,7 +694,7 @@ def evaluate_checkpoint(state: dict, data: Dataset, *, split: str = "test", tta:
         _, val_idx = train_val_split(data.train_y, cfg.val_size, cfg.seed)
         x, y = data.train_x[val_idx], data.train_y[val_idx]
     if list(state["classes"]) != list(data.classes):
-        raise UsageError(f"the checkpoint's classes {list(state['classes'])[:5]}... differ from the dataset's "
+        raise UsageError(f"the classes of checkpoint {state.get('path', '')!r} {list(state['classes'])[:5]}... differ from the dataset's "
                          f"{list(data.classes)[:5]}...; evaluate on the dataset the model was trained on")
     model = ckpt.build_from_checkpoint(state, dev, num_classes=data.num_classes)
     if cfg.channels_last:

@@ -20,11 +20,17 @@ from ..errors import ResnetCifarError
 COMMANDS = ["env", "data", "summary", "train", "evaluate", "report", "predict", "export", "bench"]
 
 
+def one_line(text) -> str:
+    """An error message as exactly one printable line: control characters that came in with user
+    input (a newline in an argument, terminal escape codes in a file name) are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (no usage dump) and exit code 2."""
 
     def error(self, message):  # noqa: D401 - argparse API
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
 def _available_commands():
@@ -55,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except ResnetCifarError as e:
-        print(f"resnet-cifar: error: {e}", file=sys.stderr)
+        print(f"resnet-cifar: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("resnet-cifar: interrupted", file=sys.stderr)
