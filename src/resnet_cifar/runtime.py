@@ -78,7 +78,9 @@ def set_deterministic(on: bool) -> None:
     """Bitwise-reproducible kernels (slower on CUDA). cuBLAS needs its workspace fixed first."""
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(on, warn_only=False)
+    # Only touch the global switch when it changes: setting it imports torch._inductor (seconds).
+    if torch.are_deterministic_algorithms_enabled() != on:
+        torch.use_deterministic_algorithms(on, warn_only=False)
     torch.backends.cudnn.deterministic = on
     torch.backends.cudnn.benchmark = not on
 
@@ -111,21 +113,90 @@ def set_rng_state(state: dict) -> None:
 def maybe_compile(model: torch.nn.Module, mode: str, device: torch.device, warn=None):
     """torch.compile on CUDA by default. A compile failure falls back to eager with one warning.
 
-    Compilation is lazy (it happens on the first call), so the caller runs one warm-up step
-    through `first_call_guard` to catch failures there too.
+    Compilation is lazy: `torch.compile` itself rarely fails, the first call does. So the compiled
+    module is wrapped in `CompileFallback`, which runs the eager module instead (and warns once)
+    when a compiled call fails.
     """
     enabled = mode == "on" or (mode == "auto" and device.type == "cuda")
     if not enabled:
         return model
     try:
-        return torch.compile(model)
+        compiled = torch.compile(model)
     except Exception as e:  # noqa: BLE001 - any compiler failure means "run eager"
         _warn_compile(e, warn)
         return model
+    return CompileFallback(compiled, model, warn)
+
+
+def _is_compiler_error(e: BaseException) -> bool:
+    return any(c.__module__.startswith(("torch._dynamo", "torch._inductor", "torch._functorch"))
+               for c in type(e).__mro__)
+
+
+class CompileFallback(torch.nn.Module):
+    """A compiled module with its eager module behind it.
+
+    Any exception on the first compiled call, and a compiler exception (dynamo/inductor) on a
+    later one (a recompile for a new shape, say), swaps in the eager module for good, with one
+    warning; the failed call is rerun eagerly. Out-of-memory is never treated as a compile failure.
+    The backward graph is lowered during the first forward (not lazily at the first backward), so
+    a backward that cannot compile fails inside this guard too. Attributes the wrapper does not
+    have (`no_sync` of DDP, ...) come from the eager module; the parameters are the eager module's.
+    """
+
+    def __init__(self, compiled, eager: torch.nn.Module, warn=None):
+        super().__init__()
+        self.module = eager
+        object.__setattr__(self, "_compiled", compiled)  # not a submodule: no duplicate state
+        object.__setattr__(self, "_warn", warn)
+        object.__setattr__(self, "_ok_calls", 0)
+
+    @property
+    def compiled_active(self) -> bool:
+        return self._compiled is not None
+
+    def forward(self, *args, **kwargs):
+        compiled = self._compiled
+        if compiled is not None:
+            try:
+                if self._ok_calls == 0:
+                    with _eager_backward_lowering():
+                        out = compiled(*args, **kwargs)
+                else:
+                    out = compiled(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - judged below
+                if isinstance(e, torch.OutOfMemoryError) or not (self._ok_calls == 0 or _is_compiler_error(e)):
+                    raise
+                object.__setattr__(self, "_compiled", None)
+                _warn_compile(e, self._warn)
+            else:
+                object.__setattr__(self, "_ok_calls", self._ok_calls + 1)
+                return out
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module" or "module" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self._modules["module"], name)
+
+
+def _eager_backward_lowering():
+    try:
+        from torch._functorch import config as functorch_config
+
+        if hasattr(functorch_config, "force_non_lazy_backward_lowering"):
+            return functorch_config.patch(force_non_lazy_backward_lowering=True)
+    except Exception:  # noqa: BLE001 - an internal knob; without it the guard still covers the forward
+        pass
+    return contextlib.nullcontext()
 
 
 def _warn_compile(e: Exception, warn) -> None:
-    msg = f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); running eager"
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    msg = f"warning: torch.compile failed ({type(e).__name__}: {first}); running eager (--compile off silences this)"
     (warn or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
 
 

@@ -90,7 +90,9 @@ def cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int) -> to
     lo = size // 2
     inside = ((ys >= cy.view(-1, 1, 1) - lo) & (ys < cy.view(-1, 1, 1) - lo + size)
               & (xs >= cx.view(-1, 1, 1) - lo) & (xs < cx.view(-1, 1, 1) - lo + size))
-    return x.masked_fill(inside.unsqueeze(1), 0)
+    # clone + in-place fill keeps the memory format (out-of-place masked_fill returns NCHW-contiguous,
+    # which silently dropped channels_last for every batch when cutout was on).
+    return x.clone().masked_fill_(inside.unsqueeze(1), 0)
 
 
 def normalize(x: torch.Tensor, mean, std, channels_last: bool = True) -> torch.Tensor:

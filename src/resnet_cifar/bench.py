@@ -1,0 +1,400 @@
+"""Training and evaluation throughput: our pipeline and the tutorial's, side by side, in one run.
+
+Ours is the real engine: a `Trainer` is built from a config exactly as `train` builds it, and the
+timed loop is the engine's own loop body (`_check_finite` of the previous step, then
+`Trainer._guarded_step` -> `Trainer._train_step` on a batch of the device-resident loader): the
+same step, autocast, scaler, optimizer, compile wrapper and channels_last as a training run.
+There is no bench-only step.
+
+The baseline is the classic tutorial pipeline (kuangliu/pytorch-cifar style): a torchvision-style
+dataset of HWC uint8 arrays turned into PIL images, RandomCrop(32, padding=4) +
+RandomHorizontalFlip + ToTensor + Normalize in `min(4, cores)` DataLoader worker processes with
+shuffle, fp32, contiguous memory format, no compile, and a plain loop (zero_grad, forward,
+cross-entropy, backward, SGD step). It leaves out the tutorial's two per-step `.item()` calls,
+which only make the baseline slower. Same images, model, batch size and device as ours.
+
+Timing: warm-up steps first (they hold compilation, cudnn autotuning and worker start-up; the
+first step's time is reported on its own), then `windows` timed windows alternating between ours
+and the baseline, so both see the same background load. Each figure is the median over windows.
+On CUDA every window ends with a synchronize, so queued work is counted where it belongs.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+VISION_HINT = "pip install 'resnet-cifar[vision]'"
+
+
+# ------------------------------------------------------------------------------------ helpers
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide CPU bf16 speed (empty where /proc/cpuinfo is missing)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile",
+                                                       "avx512_vnni", "avx_vnni"})
+    except OSError:
+        pass
+    return []
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def synthetic_dataset(n: int, num_classes: int = 10, seed: int = 0):
+    """uint8 noise images with CIFAR-10's normalisation constants: throughput does not care what is in them."""
+    from .constants import CIFAR10_MEAN, CIFAR10_STD
+    from .data import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, num_classes, (n,), generator=g)
+    return Dataset("synthetic", x, y, None, None, [f"class{i}" for i in range(num_classes)],
+                   CIFAR10_MEAN, CIFAR10_STD)
+
+
+class _Collect:
+    """A progress sink that keeps the log lines (the compile-fallback warning lands here)."""
+
+    def __init__(self, log: Callable[[str], None] | None = None):
+        self.lines: list[str] = []
+        self._log = log
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)
+        if self._log:
+            self._log(message)
+
+    def __getattr__(self, name):  # epoch_start, step, estimate, ...: nothing to show
+        return lambda *a, **k: None
+
+
+# ------------------------------------------------------------------------------------- ours
+class _Ours:
+    """The engine's loop body over the device loader, continuing across epochs as needed."""
+
+    def __init__(self, trainer):
+        self.t = trainer
+        self.sums = torch.zeros(3, dtype=torch.float64, device=trainer.device)
+        self.pending = None
+        self.batches = self._batches()
+        self.images = 0
+        # The engine loop calls _guarded_step (OOM handling around _train_step) where it exists.
+        self.step_fn = getattr(trainer, "_guarded_step", trainer._train_step)
+        trainer._consecutive_bad = 0
+        trainer.train_model.train()
+
+    def _batches(self) -> Iterator:
+        epoch = 1
+        while True:
+            for b, x, y in self.t.train_loader.batches(epoch):
+                if len(y) == self.t.cfg.batch_size:   # a smaller last batch would only time a recompile
+                    yield b, x, y
+            epoch += 1
+
+    def steps(self, n: int) -> float:
+        t = self.t
+        _sync(t.device)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            b, x, y = next(self.batches)
+            t._check_finite(self.pending, f"bench step {t.step}")
+            self.pending = self.step_fn(x, y, len(y), self.sums)
+        _sync(t.device)
+        self.images += n * t.cfg.batch_size
+        return time.perf_counter() - t0
+
+    def finish(self) -> None:
+        self.t._check_finite(self.pending, f"bench step {self.t.step}")
+
+
+# --------------------------------------------------------------------------------- baseline
+class TutorialDataset(torch.utils.data.Dataset):
+    """As torchvision.datasets.CIFAR10 serves images: HWC uint8 arrays -> PIL -> transform."""
+
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, transform):
+        self.data, self.targets, self.transform = images_hwc, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[i])), int(self.targets[i])
+
+
+def tutorial_transforms(mean, std):
+    import torchvision.transforms as T  # the [vision] extra
+
+    train = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    test = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    return train, test
+
+
+class _Baseline:
+    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, *, model_name: str, num_classes: int, width: float,
+                 batch_size: int, mean, std, device: torch.device, workers: int, seed: int = 0):
+        from .models import build_model
+
+        train_tf, self.test_tf = tutorial_transforms(mean, std)
+        self.hwc = x_uint8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        self.labels = y.cpu().numpy()
+        self.batch_size, self.device, self.workers = batch_size, device, workers
+        self.dataset = TutorialDataset(self.hwc, self.labels, train_tf)
+        torch.manual_seed(seed)
+        self.net = build_model(model_name, num_classes, width).to(device)
+        self.criterion = torch.nn.CrossEntropyLoss()
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        self.batches = self._batches()
+        self.images = 0
+
+    def _batches(self) -> Iterator:
+        while True:  # a new DataLoader iterator per epoch, as the tutorial's epoch loop does
+            loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True,
+                                                 num_workers=self.workers)
+            for x, y in loader:
+                if len(y) == self.batch_size:
+                    yield x, y
+
+    def steps(self, n: int) -> float:
+        net, opt, crit, dev = self.net, self.optimizer, self.criterion, self.device
+        net.train()
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            inputs, targets = next(self.batches)
+            inputs, targets = inputs.to(dev), targets.to(dev)
+            opt.zero_grad()
+            loss = crit(net(inputs), targets)
+            loss.backward()
+            opt.step()
+        _sync(dev)
+        self.images += n * self.batch_size
+        return time.perf_counter() - t0
+
+    @torch.no_grad()
+    def evaluate(self, n_images: int) -> float:
+        """The tutorial's test loop: batch 100, workers, eval mode, loss and argmax per batch."""
+        ds = TutorialDataset(self.hwc[:n_images], self.labels[:n_images], self.test_tf)
+        loader = torch.utils.data.DataLoader(ds, batch_size=100, shuffle=False, num_workers=self.workers)
+        self.net.eval()
+        _sync(self.device)
+        t0 = time.perf_counter()
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            outputs = self.net(inputs)
+            self.criterion(outputs, targets)
+            correct += outputs.argmax(1).eq(targets).sum()
+        _sync(self.device)
+        return time.perf_counter() - t0
+
+
+def _have_torchvision() -> bool:
+    try:
+        import torchvision.transforms  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------ the run
+def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "auto", steps: int | None = None,
+              warmup: int | None = None, windows: int = 5, amp: str = "auto", compile: str = "auto",
+              channels_last: bool = True, dataset: str | None = None, data_dir: str | None = None,
+              baseline: bool | None = None, baseline_workers: int | None = None, eval_images: int | None = None,
+              width: float = 1.0, num_classes: int = 10, seed: int = 0,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure ours (and, unless baseline is False, the tutorial baseline); return one flat dict.
+
+    baseline: None = run it when torchvision is installed (else say how to install it);
+    True = required (a UsageError when torchvision is missing); False = skip it.
+    steps / warmup default to 100 / 20 on CUDA and 10 / 2 on the CPU (ResNet-18 takes seconds per
+    step there). Timed steps are split into `windows` windows; each figure is their median.
+    """
+    from . import runtime
+    from .config import resolve
+    from .data import load_dataset
+    from .engine import Trainer, evaluate
+    from .errors import UsageError
+
+    say = log or (lambda m: None)
+    dev = runtime.pick_device(device)
+    on_cuda = dev.type == "cuda"
+    steps = steps if steps is not None else (100 if on_cuda else 10)
+    warmup = warmup if warmup is not None else (20 if on_cuda else 2)
+    if steps < 1 or warmup < 0 or windows < 1 or batch_size < 1:
+        raise UsageError("--steps, --windows and --batch-size must be >= 1 and --warmup >= 0")
+    windows = min(windows, steps)
+    per_window = [steps // windows + (1 if i < steps % windows else 0) for i in range(windows)]
+
+    want_baseline = baseline is not False
+    baseline_error = None
+    if want_baseline and not _have_torchvision():
+        if baseline is True:
+            raise UsageError(f"the tutorial baseline needs torchvision: {VISION_HINT} (or pass --no-baseline)")
+        baseline_error = f"torchvision is not installed, so the tutorial baseline was skipped: {VISION_HINT}"
+        want_baseline = False
+        say(baseline_error)
+
+    if dataset:
+        data = load_dataset(dataset, data_dir or "data", download=False, log=say)
+        data_desc = f"{dataset}:{data_dir}"
+    else:
+        need = batch_size * (warmup + steps + 1)
+        data = synthetic_dataset(max(need, 2 * batch_size), num_classes=num_classes, seed=seed)
+        data_desc = "synthetic uint8"
+    n_train = len(data.train_y)
+    if n_train < batch_size:
+        raise UsageError(f"--batch-size {batch_size} is larger than the {n_train} training images")
+
+    cfg = resolve(flag_values=dict(
+        model=model, width=width, batch_size=batch_size, epochs=1, val_size=0, train_subset=0,
+        scheduler="constant", swa=False, ema=0.0, device=device, amp=amp, compile=compile,
+        channels_last=channels_last, dataset=dataset or "cifar10", data_dir=data_dir or "data",
+        download=False, seed=seed), preset="tutorial")
+    progress = _Collect(log)
+    with tempfile.TemporaryDirectory(prefix="resnet-cifar-bench-") as run_dir:
+        trainer = Trainer(cfg, data, run_dir, progress=progress)
+    ours = _Ours(trainer)
+    base = None
+    if want_baseline:
+        workers = baseline_workers if baseline_workers is not None else min(4, os.cpu_count() or 1)
+        base = _Baseline(trainer.splits.train_x, trainer.splits.train_y, model_name=model,
+                         num_classes=data.num_classes, width=width, batch_size=batch_size, mean=data.mean,
+                         std=data.std, device=dev, workers=workers, seed=seed)
+
+    load_before = _loadavg()
+    say(f"bench: {model} batch {batch_size} on {dev} ({_device_name(dev)}), amp {trainer.amp}, "
+        f"{warmup} warm-up + {steps} timed steps in {windows} windows, data: {data_desc}")
+    first = ours.steps(1) if warmup else None
+    if warmup > 1:
+        ours.steps(warmup - 1)
+    base_first = None
+    if base is not None and warmup:
+        base_first = base.steps(1)
+        if warmup > 1:
+            base.steps(warmup - 1)
+    ours_w, base_w = [], []
+    for i, k in enumerate(per_window):
+        ours_w.append(k * batch_size / ours.steps(k))
+        if base is not None:
+            base_w.append(k * batch_size / base.steps(k))
+        say(f"window {i + 1}/{windows}: ours {ours_w[-1]:.1f} img/s"
+            + (f", baseline {base_w[-1]:.1f} img/s" if base is not None else ""))
+    ours.finish()
+
+    # Evaluation: the engine's evaluate() at the configured eval batch (one sync per call).
+    n_eval = min(n_train, eval_images if eval_images is not None else (10_000 if on_cuda else 1024))
+    ex, ey = trainer.splits.train_x[:n_eval], trainer.splits.train_y[:n_eval]
+    eval_windows = 3 if on_cuda else 2
+
+    def ours_eval() -> float:
+        _sync(dev)
+        t0 = time.perf_counter()
+        evaluate(trainer.model, ex, ey, mean=data.mean, std=data.std, batch_size=cfg.eval_batch_size,
+                 amp_ctx=trainer.amp_ctx, channels_last=cfg.channels_last, num_classes=data.num_classes)
+        _sync(dev)
+        return time.perf_counter() - t0
+
+    ours_eval()  # warm-up (cudnn autotune for the eval batch shape)
+    eval_w, base_eval_w = [], []
+    if base is not None:
+        base.evaluate(min(n_eval, 200))  # warm-up
+    for _ in range(eval_windows):
+        eval_w.append(n_eval / ours_eval())
+        if base is not None:
+            base_eval_w.append(n_eval / base.evaluate(n_eval))
+    load_after = _loadavg()
+
+    med = statistics.median
+    train_img_s = med(ours_w)
+    base_img_s = med(base_w) if base_w else None
+    eval_img_s = med(eval_w)
+    base_eval = med(base_eval_w) if base_eval_w else None
+    compile_state = "off"
+    if isinstance(trainer.train_model, runtime.CompileFallback):
+        compile_state = "on" if trainer.train_model.compiled_active else "failed (eager fallback)"
+    return {
+        "train_img_s": round(train_img_s, 2),
+        "baseline_train_img_s": round(base_img_s, 2) if base_img_s else None,
+        "ratio": round(train_img_s / base_img_s, 3) if base_img_s else None,
+        "eval_img_s": round(eval_img_s, 2),
+        "baseline_eval_img_s": round(base_eval, 2) if base_eval else None,
+        "eval_ratio": round(eval_img_s / base_eval, 3) if base_eval else None,
+        "device": str(dev), "device_name": _device_name(dev), "cpu_name": cpu_name(),
+        "gpu_name": torch.cuda.get_device_name(dev) if on_cuda else None,
+        "cpu_flags": cpu_flags(), "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads(),
+        "model": model, "width": width, "batch_size": batch_size, "eval_batch_size": cfg.eval_batch_size,
+        "eval_images": n_eval, "amp": trainer.amp, "compile": compile_state, "channels_last": cfg.channels_last,
+        "torch_version": str(torch.__version__), "steps": steps, "warmup": warmup, "windows": windows,
+        "train_windows_img_s": [round(v, 2) for v in ours_w],
+        "baseline_windows_img_s": [round(v, 2) for v in base_w],
+        "first_step_seconds": round(first, 3) if first is not None else None,
+        "baseline_first_step_seconds": round(base_first, 3) if base_first is not None else None,
+        "baseline": "tutorial DataLoader (PIL, RandomCrop+Flip+ToTensor+Normalize), fp32, contiguous, eager"
+                    if base is not None else None,
+        "baseline_workers": base.workers if base is not None else None,
+        "baseline_error": baseline_error,
+        "data": data_desc, "loadavg_before": load_before, "loadavg_after": load_after,
+        "warnings": list(progress.lines),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """The human-readable result (the CLI prints this unless --json)."""
+    def rate(v):
+        return "n/a" if v is None else f"{v:,.1f} img/s"
+
+    def times(v):
+        return "n/a" if v is None else f"{v:.2f}x"
+
+    lines = [
+        f"{r['model']} batch {r['batch_size']} on {r['device']} ({r['device_name']}), torch {r['torch_version']}, "
+        f"amp {r['amp']}, compile {r['compile']}, channels_last {r['channels_last']}, {r['threads']} threads",
+        f"{'':8}{'ours':>16}{'baseline':>16}{'ratio':>9}",
+        f"{'train':8}{rate(r['train_img_s']):>16}{rate(r['baseline_train_img_s']):>16}{times(r['ratio']):>9}",
+        f"{'eval':8}{rate(r['eval_img_s']):>16}{rate(r['baseline_eval_img_s']):>16}{times(r['eval_ratio']):>9}",
+        f"median of {r['windows']} windows after {r['warmup']} warm-up steps (first step {r['first_step_seconds']}s); "
+        f"data: {r['data']}; load average {r['loadavg_before']} -> {r['loadavg_after']}",
+    ]
+    if r.get("baseline_error"):
+        lines.append(r["baseline_error"])
+    lines.extend(r.get("warnings", []))
+    return "\n".join(lines)
