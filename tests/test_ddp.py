@@ -132,6 +132,33 @@ def test_restart_marker_only_matches_a_restart_of_the_same_job(tmp_path, monkeyp
     assert not distm.is_restart_of(run)           # another job's run directory is never taken over
 
 
+def test_torchrun_attempts_get_their_own_keys_in_the_agent_store(monkeypatch):
+    """torchrun's agent store outlives worker restarts: a restarted worker must not read the
+    addresses that the previous attempt's (killed) workers published there."""
+    import torch.distributed as dist
+
+    agent = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)   # the agent's server
+    one_node = distm.World(rank=0, local_rank=0, size=2, local_size=2)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(agent.port))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    first = distm._attempt_store(one_node)
+    first.set("default_pg/rank_1", b"127.0.0.1:8071")          # published by the worker later killed
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    second = distm._attempt_store(one_node)
+    assert not second.check(["default_pg/rank_1"])              # the restart waits for a fresh address
+    second.set("default_pg/rank_1", b"127.0.0.1:9000")
+    assert first.get("default_pg/rank_1") == b"127.0.0.1:8071"
+
+    # without the agent's store (plain env://), or over several nodes (where the agents count
+    # restarts separately), torch's own env:// store is used
+    assert distm._attempt_store(distm.World(rank=0, local_rank=0, size=4, local_size=2)) is None
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")
+    assert distm._attempt_store(one_node) is None
+
+
 # ----------------------------------------------------------------- 2 processes vs 1 process
 class _NoBN(nn.Module):
     """BN-free: a DDP step then equals the one-process step exactly (up to float rounding)."""

@@ -115,7 +115,39 @@ def init(world: World, device: torch.device | None = None) -> None:
         # instead of whatever the host name resolves to. (torchrun's own store is not affected.)
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     backend = "cpu:gloo,cuda:nccl" if (torch.cuda.is_available() and dist.is_nccl_available()) else "gloo"
-    dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
+    store = _attempt_store(world)
+    if store is None:
+        dist.init_process_group(backend=backend, rank=world.rank, world_size=world.size)
+    else:
+        dist.init_process_group(backend=backend, store=store, rank=world.rank, world_size=world.size)
+
+
+def _attempt_store(world: World) -> dist.Store | None:
+    """A key-value store for the process group that no earlier torchrun attempt has written to.
+
+    Under torchrun's c10d rendezvous the workers' env:// store is the agent's own TCPStore
+    (TORCHELASTIC_USE_AGENT_STORE=True), which outlives worker restarts (PyTorch 2.14.1 keeps
+    one server for the whole job). init_process_group keys it by group name only, so a restarted
+    worker may read the address that a killed worker of the previous attempt published there,
+    before its new peer has overwritten it: gloo then fails with "connectFullMesh failed ...
+    Connection refused" (or NCCL with a stale unique id). Here every attempt gets its own prefix.
+
+    Only on one node, where a single agent restarts all workers together, so that
+    TORCHELASTIC_RESTART_COUNT is the same on every rank. On several nodes the agents count
+    restarts separately (a node restarted for a membership change does not count one), and
+    different prefixes would leave the ranks waiting for each other; there None keeps torch's
+    plain env:// store (see docs/distributed.md: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or not world.single_node:
+        return None
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if not addr or not port:
+        return None
+    from torch.distributed.constants import default_pg_timeout
+
+    # a client only: the agent serves the store (as torch's env:// does with the agent store)
+    client = dist.TCPStore(addr, int(port), world.size, is_master=False, timeout=default_pg_timeout)
+    return dist.PrefixStore(f"resnet-cifar/{run_id() or 'job'}/attempt{restart_count()}", client)
 
 
 def shutdown(world: World) -> None:
