@@ -119,6 +119,16 @@ def _fmt_shape(shape) -> str:
     return "--" if shape is None else "[" + ", ".join(str(s) for s in shape) + "]"
 
 
+def _has_later_sibling(rows: list[dict], i: int, level: int) -> bool:
+    """True when a row after i sits at `level` before any row shallower than that level."""
+    for later in rows[i + 1:]:
+        if later["depth"] < level:
+            return False
+        if later["depth"] == level:
+            return True
+    return False
+
+
 def _tree_prefixes(rows: list[dict], max_depth: int) -> list[str]:
     """torchinfo-style tree drawing: "├─" for a child, "│    " for an open ancestor level."""
     shown = [r for r in rows if r["depth"] <= max_depth]
@@ -128,25 +138,9 @@ def _tree_prefixes(rows: list[dict], max_depth: int) -> list[str]:
         if d == 0:
             out.append("")
             continue
-        parts = []
-        for level in range(1, d):
-            # an ancestor level stays open while a later row sits at that level under it
-            more = False
-            for later in shown[i + 1:]:
-                if later["depth"] < level:
-                    break
-                if later["depth"] == level:
-                    more = True
-                    break
-            parts.append("│    " if more else "     ")
-        last = True
-        for later in shown[i + 1:]:
-            if later["depth"] < d:
-                break
-            if later["depth"] == d:
-                last = False
-                break
-        parts.append("└─" if last else "├─")
+        # an ancestor level stays open while a later row sits at that level under it
+        parts = ["│    " if _has_later_sibling(shown, i, level) else "     " for level in range(1, d)]
+        parts.append("├─" if _has_later_sibling(shown, i, d) else "└─")
         out.append("".join(parts))
     return out
 
