@@ -189,8 +189,8 @@ def write_json(path: Path, data: dict) -> None:
     ckpt.atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
 
 
-def _all_finite(module: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values() if t.is_floating_point())
+def _all_finite(state: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
 
 
 class Trainer:
@@ -326,7 +326,7 @@ class Trainer:
         if not self.world.is_main:
             return
         target = self.model.state_dict() if model_state is None else model_state  # EMA/SWA weights too
-        if not all(bool(torch.isfinite(t).all()) for t in target.values() if t.is_floating_point()):
+        if not _all_finite(target):
             raise WorkError(f"weights became non-finite at step {self.step}; not saving {name} "
                             "(the previous checkpoint is intact); lower --lr or use --amp off")
         ckpt.save(self.state_dict(model_state, source), self.ckpt_dir / name)
