@@ -49,6 +49,11 @@ def test_run_directory_contract(tmp_path):
     assert saved == json.loads(json.dumps(results))
     header = next(csv.reader(open(run / "metrics.csv")))
     assert header == engine.METRIC_FIELDS
+    try:
+        import tensorboard  # noqa: F401  (an optional extra; the test venv has it)
+    except ImportError:
+        return
+    assert list((run / "tensorboard").glob("events.out.tfevents.*")), "TensorBoard events missing"
 
 
 def test_checkpoints_load_with_weights_only_and_carry_the_config(tmp_path):
