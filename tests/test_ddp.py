@@ -416,9 +416,7 @@ def test_torchrun_run_survives_a_killed_rank_and_matches_single_process_evaluati
     splits = engine.make_splits(cfg, data, torch.device("cpu"))
 
     def val_of(state):
-        model = ckpt.build_from_checkpoint(state, "cpu")
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = ckpt.build_from_checkpoint(state, "cpu", channels_last=cfg.channels_last)
         return engine.evaluate(model, splits.val_x, splits.val_y, mean=data.mean, std=data.std,
                                batch_size=cfg.eval_batch_size, channels_last=cfg.channels_last,
                                num_classes=data.num_classes)

@@ -162,8 +162,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 
 def build_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu",
-                          num_classes: int | None = None) -> torch.nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+                          num_classes: int | None = None, channels_last: bool = False) -> torch.nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode); channels_last
+    matches the memory format the engine trains and evaluates in."""
     from .models import build_model
 
     args = dict(state["model_args"])
@@ -179,4 +180,5 @@ def build_from_checkpoint(state: dict[str, Any], device: str | torch.device = "c
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {state.get('path', '')!r} does not fit model "
                               f"{args.get('name')!r}: {first[:200]}") from None
-    return model.to(device).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return model.to(device, memory_format=fmt).eval()

@@ -635,10 +635,7 @@ class Trainer:
 
     def _best_model(self) -> torch.nn.Module:
         state = distm.on_main(lambda: ckpt.load(self.ckpt_dir / "best.pt", map_location="cpu"), self.world)
-        model = ckpt.build_from_checkpoint(state, self.device)
-        if self.cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return ckpt.build_from_checkpoint(state, self.device, channels_last=self.cfg.channels_last)
 
 
 def _device_name(device: torch.device) -> str:
@@ -696,9 +693,7 @@ def evaluate_checkpoint(state: dict, data: Dataset, *, split: str = "test", tta:
     if list(state["classes"]) != list(data.classes):
         raise UsageError(f"the classes of checkpoint {state.get('path', '')!r} {list(state['classes'])[:5]}... differ from the dataset's "
                          f"{list(data.classes)[:5]}...; evaluate on the dataset the model was trained on")
-    model = ckpt.build_from_checkpoint(state, dev, num_classes=data.num_classes)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = ckpt.build_from_checkpoint(state, dev, num_classes=data.num_classes, channels_last=cfg.channels_last)
     amp = runtime.resolve_amp(cfg.amp, dev)
     result = evaluate(model, x.to(dev), y.to(dev), mean=tuple(state["mean"]), std=tuple(state["std"]),
                       batch_size=batch_size or cfg.eval_batch_size, tta=tta, amp_ctx=runtime.autocast(dev, amp),
