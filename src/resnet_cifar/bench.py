@@ -1,8 +1,8 @@
 """Training and evaluation throughput: our pipeline and the tutorial's, side by side, in one run.
 
 Ours is the real engine: a `Trainer` is built from a config exactly as `train` builds it, and the
-timed loop is the engine's own loop body (`_check_finite` of the previous step, then
-`Trainer._guarded_step` -> `Trainer._train_step` on a batch of the device-resident loader): the
+timed loop is the engine's own loop body (`Trainer._loop_step`: `_guarded_step` -> `_train_step`
+and the finite watch, read every `check_every` steps) on batches of the device-resident loader: the
 same step, autocast, scaler, optimizer, compile wrapper and channels_last as a training run.
 There is no bench-only step.
 
@@ -17,6 +17,11 @@ Timing: warm-up steps first (they hold compilation, cudnn autotuning and worker 
 first step's time is reported on its own), then `windows` timed windows alternating between ours
 and the baseline, so both see the same background load. Each figure is the median over windows.
 On CUDA every window ends with a synchronize, so queued work is counted where it belongs.
+
+Host memory on the CPU: `train` keeps freed host memory for reuse (`runtime.keep_host_memory`);
+the tutorial script runs with glibc's defaults. The setting is process-wide, so the bench switches
+it before each of its windows: ours with memory kept, the baseline with glibc's defaults as they
+settle after warm-up.
 """
 
 from __future__ import annotations
@@ -65,6 +70,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _host_memory(device: torch.device, keep: bool) -> None:
+    """Ours keeps freed host memory, the baseline gets glibc's defaults (see the module docstring)."""
+    from .runtime import keep_host_memory
+
+    if device.type == "cpu":
+        keep_host_memory(keep)
+
+
 def _loadavg() -> float | None:
     try:
         return round(os.getloadavg()[0], 2)
@@ -107,12 +120,9 @@ class _Ours:
     def __init__(self, trainer):
         self.t = trainer
         self.sums = torch.zeros(3, dtype=torch.float64, device=trainer.device)
-        self.pending = None
         self.batches = self._batches()
         self.images = 0
-        # The engine loop calls _guarded_step (OOM handling around _train_step) where it exists.
-        self.step_fn = getattr(trainer, "_guarded_step", trainer._train_step)
-        trainer._consecutive_bad = 0
+        trainer.watch.reset_run()
         trainer.train_model.train()
 
     def _batches(self) -> Iterator:
@@ -125,18 +135,18 @@ class _Ours:
 
     def steps(self, n: int) -> float:
         t = self.t
+        _host_memory(t.device, keep=True)
         _sync(t.device)
         t0 = time.perf_counter()
         for _ in range(n):
             b, x, y = next(self.batches)
-            t._check_finite(self.pending, f"bench step {t.step}")
-            self.pending = self.step_fn(x, y, len(y), self.sums)
+            t._loop_step(x, y, len(y), self.sums, stopping=False)
         _sync(t.device)
         self.images += n * t.cfg.batch_size
         return time.perf_counter() - t0
 
     def finish(self) -> None:
-        self.t._check_finite(self.pending, f"bench step {self.t.step}")
+        self.t._check_finite()
 
 
 # --------------------------------------------------------------------------------- baseline
@@ -190,6 +200,7 @@ class _Baseline:
 
     def steps(self, n: int) -> float:
         net, opt, crit, dev = self.net, self.optimizer, self.criterion, self.device
+        _host_memory(dev, keep=False)
         net.train()
         _sync(dev)
         t0 = time.perf_counter()
@@ -210,6 +221,7 @@ class _Baseline:
         ds = TutorialDataset(self.hwc[:n_images], self.labels[:n_images], self.test_tf)
         loader = torch.utils.data.DataLoader(ds, batch_size=100, shuffle=False, num_workers=self.workers)
         self.net.eval()
+        _host_memory(self.device, keep=False)
         _sync(self.device)
         t0 = time.perf_counter()
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -297,6 +309,7 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
                          std=data.std, device=dev, workers=workers, seed=seed)
 
     load_before = _loadavg()
+    host_memory_kept = dev.type == "cpu" and runtime.keep_host_memory(True)
     say(f"bench: {model} batch {batch_size} on {dev} ({_device_name(dev)}), amp {trainer.amp}, "
         f"{warmup} warm-up + {steps} timed steps in {windows} windows, data: {data_desc}")
     first = ours.steps(1) if warmup else None
@@ -322,6 +335,7 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
     eval_windows = 3 if on_cuda else 2
 
     def ours_eval() -> float:
+        _host_memory(dev, keep=True)
         _sync(dev)
         t0 = time.perf_counter()
         evaluate(trainer.model, ex, ey, mean=data.mean, std=data.std, batch_size=cfg.eval_batch_size,
@@ -368,6 +382,7 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
                     if base is not None else None,
         "baseline_workers": base.workers if base is not None else None,
         "baseline_error": baseline_error,
+        "host_memory_kept": host_memory_kept,
         "data": data_desc, "loadavg_before": load_before, "loadavg_after": load_after,
         "warnings": list(progress.lines),
     }
@@ -387,7 +402,8 @@ def format_table(r: dict[str, Any]) -> str:
 
     lines = [
         f"{r['model']} batch {r['batch_size']} on {r['device']} ({r['device_name']}), torch {r['torch_version']}, "
-        f"amp {r['amp']}, compile {r['compile']}, channels_last {r['channels_last']}, {r['threads']} threads",
+        f"amp {r['amp']}, compile {r['compile']}, channels_last {r['channels_last']}, {r['threads']} threads"
+        + (", host memory kept (ours)" if r.get("host_memory_kept") else ""),
         f"{'':8}{'ours':>16}{'baseline':>16}{'ratio':>9}",
         f"{'train':8}{rate(r['train_img_s']):>16}{rate(r['baseline_train_img_s']):>16}{times(r['ratio']):>9}",
         f"{'eval':8}{rate(r['eval_img_s']):>16}{rate(r['baseline_eval_img_s']):>16}{times(r['eval_ratio']):>9}",

@@ -22,13 +22,15 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from .. import checkpoint
+    from .. import checkpoint, runtime
     from ..data import load_dataset
     from ..engine import evaluate_checkpoint
     from ..errors import UsageError
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if runtime.pick_device(args.device).type == "cpu":
+        runtime.keep_host_memory()
     state = checkpoint.load(args.checkpoint)
     saved = state.get("config", {})
     dataset = args.dataset or saved.get("dataset", "cifar10")
