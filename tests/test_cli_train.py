@@ -20,7 +20,12 @@ def test_train_writes_a_complete_run(png_folder, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["epochs"] == 2 and results["num_train"] == 30 and results["num_val"] == 6
     assert results["test_acc"] is not None and results["test_acc_tta"] is not None
-    assert "done: best val acc" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    assert "done: best val acc" in cap.out
+    # the report is built from the images already in memory, not read from disk a second time
+    report = json.loads((out / "report" / "summary.json").read_text())
+    assert report["images_missing"] is None
+    assert "report: loading" not in cap.err
     # evaluate on the same split reproduces the recorded accuracy
     assert main(["evaluate", str(out), "--split", "val", "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)

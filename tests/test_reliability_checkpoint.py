@@ -207,6 +207,33 @@ def test_train_whose_save_fails_exits_1_with_one_line_and_keeps_last_pt(tmp_path
     assert not [n for n in _names(out / "checkpoints") if n.endswith(".tmp")]
 
 
+def test_resume_removes_the_temp_files_that_killed_saves_left(tmp_path):
+    """After a kill -9 mid-save, `.last.pt.XXXX.tmp` stays beside last.pt (see case 1); the next
+    start of that run deletes it and says so, and touches nothing else."""
+    cfg = tiny_config(out=str(tmp_path))
+    t = engine.Trainer(cfg, tiny_dataset(), tmp_path)
+    t.ckpt_dir.mkdir(parents=True)
+    t.save("last.pt")
+    ck = t.ckpt_dir
+    (ck / ".last.pt.k9x2ab.tmp").write_bytes(b"PK\x03\x04 half a checkpoint")
+    (ck / ".best.pt.zz01.tmp").write_bytes(b"")
+    (ck / "notes.txt").write_text("mine")
+
+    lines = []
+
+    class Progress:
+        def log(self, message):
+            lines.append(message)
+
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    engine.Trainer(cfg, tiny_dataset(), tmp_path, progress=Progress(), resume_state=ckpt.load(ck / "last.pt"))
+    assert _names(ck) == ["last.pt", "notes.txt"]
+    assert any("removed .last.pt.k9x2ab.tmp" in m for m in lines)
+    assert any("removed .best.pt.zz01.tmp" in m for m in lines)
+
+
 # ------------------------------------------------------------------------- case 7: damaged files
 @pytest.fixture(scope="module")
 def good_ckpt(tmp_path_factory):

@@ -103,23 +103,53 @@ def test_save_refuses_non_finite_weights_raw_and_averaged(tmp_path):
 
 def test_fp16_skipped_steps_are_tolerated_up_to_the_limit(tmp_path):
     """fp16 semantics (GradScaler is CUDA-only here): a non-finite step is a skipped step; only
-    more than max_skipped_steps of them in a row stop the run, with the count in the message."""
+    more than max_skipped_steps of them in a row stop the run, with the count in the message.
+    The flags are counted on the device and read now and then: a run of bad steps carries over a
+    read, and a good step ends it."""
     cfg = tiny_config(out=str(tmp_path), max_skipped_steps=3)
     t = engine.Trainer(cfg, tiny_dataset(), tmp_path)
     t.amp = "fp16"
-    t._consecutive_bad = 0
     bad, good = torch.tensor(False), torch.tensor(True)
-    for _ in range(3):
-        t._check_finite(bad, "step 5")
-    t._check_finite(good, "step 6")  # a good step resets the run of bad ones
-    for _ in range(3):
-        t._check_finite(bad, "step 9")
+    for step, flag in enumerate([bad, bad, bad, good, bad, bad, bad], 1):  # two runs of 3
+        t.watch.add(flag, step)
+        if step in (2, 5):  # reads that fall inside a run
+            t._check_finite()
+    t._check_finite()
     assert t.skipped_steps == 6
-    with pytest.raises(WorkError, match=r"4 consecutive fp16 steps .*step 10"):
-        t._check_finite(bad, "step 10")
-    t.amp = "off"  # without a scaler, the first non-finite loss stops the run
-    with pytest.raises(WorkError, match="non-finite at step 11"):
-        t._check_finite(bad, "step 11")
+    t.watch.add(bad, 8)  # the 4th in a row, across the last read
+    with pytest.raises(WorkError, match=r"4 consecutive fp16 steps"):
+        t._check_finite()
+
+
+def test_without_a_scaler_the_first_non_finite_step_is_named_even_when_read_later(tmp_path):
+    t = engine.Trainer(tiny_config(out=str(tmp_path)), tiny_dataset(), tmp_path)
+    for step, ok in [(9, True), (10, False), (11, True), (12, False)]:
+        t.watch.add(torch.tensor(ok), step)
+    with pytest.raises(WorkError, match="non-finite at step 10 "):
+        t._check_finite()
+
+
+def test_a_nan_is_found_within_check_every_steps_and_never_saved(tmp_path, monkeypatch):
+    """As on a GPU, where the watch is read every CHECK_EVERY_ASYNC steps: the run still fails
+    at the next read and checkpoints/last.pt is never written with the bad weights."""
+    cfg = tiny_config(out=str(tmp_path), epochs=3)
+    t = engine.Trainer(cfg, tiny_dataset(), tmp_path)
+    t.check_every = 1000   # longer than the run: only the epoch-end read can catch it
+    real = t._train_step
+    calls = []
+
+    def poisoned(x, y, n, sums):
+        calls.append(1)
+        if len(calls) == 2:
+            with torch.no_grad():
+                next(t.model.parameters()).fill_(float("nan"))
+        return real(x, y, n, sums)
+
+    monkeypatch.setattr(t, "_train_step", poisoned)
+    with pytest.raises(WorkError, match="non-finite at step 2 "):
+        t.run()
+    assert len(calls) == t.steps_per_epoch      # found at the end of epoch 1, not later
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()
 
 
 # --------------------------------------------------------------------------- case 10: out of memory

@@ -65,6 +65,23 @@ def atomic_write(path: str | Path, write) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_leftover_temps(directory: str | Path) -> list[Path]:
+    """Delete the temp files of saves that were killed mid-write (kill -9, power loss).
+
+    `atomic_write` names them `.NAME.XXXXXXXX.tmp` beside NAME; a run directory has one writer,
+    so any that exist when a run (re)starts are leftovers. Returns what was removed.
+    """
+    removed = []
+    for p in sorted(Path(directory).glob(".*.tmp")):
+        if p.is_file() and not p.is_symlink():
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 class _Writer:
     """File wrapper that keeps the OSError of a failed write: torch's zip writer reports it as a
     bare RuntimeError ("unexpected pos ..."), which would hide e.g. "No space left on device"."""

@@ -36,6 +36,7 @@ from .data import Dataset
 from .data.loader import Augment, DeviceLoader
 from .data.split import stratified_subset, train_val_split
 from .errors import CheckpointError, Interrupted, UsageError, WorkError
+from .finite import FiniteWatch, check_every
 from .models import build_model, count_parameters
 from .progress import Silent
 from .schedule import LRSchedule
@@ -251,6 +252,8 @@ class Trainer:
         self.skipped_steps = 0
         self.last_lr = cfg.lr
         self._peer_stop = False   # DDP: some rank caught SIGINT/SIGTERM (agreed via distm.agree_step)
+        self.watch = FiniteWatch(self.device)
+        self.check_every = check_every(self.device)
         if resume_state is not None:
             self._load_state(resume_state)
 
@@ -261,6 +264,9 @@ class Trainer:
             self.train_model = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.train_model = runtime.maybe_compile(self.train_model, cfg.compile, self.device, warn=self.progress.log)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        if self.world.is_main and self.ckpt_dir.is_dir():
+            for p in ckpt.remove_leftover_temps(self.ckpt_dir):
+                self.progress.log(f"removed {p.name}, left by a save that was interrupted")
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self, model_state: dict | None = None, source: str = "raw") -> dict:
@@ -415,26 +421,42 @@ class Trainer:
                 f"(--batch-size {B} / --accum-steps {a}{f' / {self.world.size} devices' if self.world.distributed else ''}); "
                 f"{fix}, or pass --auto-batch to halve it automatically")
 
-    def _check_finite(self, finite: torch.Tensor | None, where: str) -> None:
-        """Reads the previous step's flag (a sync point, one step behind so the GPU stays busy)."""
-        if finite is not None and finite.dim() == 1:  # DDP: [non-finite ranks, stopping ranks], all-reduced
-            bad, stopping = finite.tolist()
-            self._peer_stop = self._peer_stop or stopping > 0
-            finite = bad == 0
-        if finite is None or bool(finite):
-            if finite is not None:
-                self._consecutive_bad = 0
+    def _loop_step(self, x, y, n_global: int, sums: torch.Tensor, stopping: bool) -> None:
+        """The loop body that `run` and `bench` share: the step, DDP's agreement, the finite watch.
+
+        No host-device sync, except every `check_every` steps where the watch is read.
+        """
+        finite = self._guarded_step(x, y, n_global, sums)
+        stop_flags = None
+        if self.world.distributed:
+            flags = distm.agree_step(finite, stopping, self.world)
+            finite, stop_flags = flags[0] == 0, flags[1]
+        self.watch.add(finite, self.step, stop_flags)
+        if self.step % self.check_every == 0:
+            self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Read the finite watch (a sync point): fail the run if a loss went non-finite.
+
+        Called every `check_every` steps, before every checkpoint and at each epoch's end, so a
+        non-finite model is never saved. DDP: every rank reads at the same steps, so all of them
+        fail, or see a peer's stop signal, together.
+        """
+        r = self.watch.read()
+        self._peer_stop = self._peer_stop or r.stopping
+        if not r.bad_steps:
             return
+        spe = max(self.steps_per_epoch, 1)
+        where = f"step {r.first_bad_step} (epoch {(r.first_bad_step - 1) // spe + 1}, batch {(r.first_bad_step - 1) % spe + 1})"
         if self.amp == "fp16":
-            # GradScaler skipped that step; only a long run of them means the run is broken.
-            self.skipped_steps += 1
-            self._consecutive_bad += 1
-            if self._consecutive_bad <= self.cfg.max_skipped_steps:
+            # GradScaler skipped those steps; only a long run of them means the run is broken.
+            self.skipped_steps += r.bad_steps
+            if r.longest_run <= self.cfg.max_skipped_steps:
                 return
-            raise WorkError(f"{self._consecutive_bad} consecutive fp16 steps had a non-finite loss (last at {where}); "
-                            "stopping. Try --amp bf16 or off, or a lower --lr")
-        raise WorkError(f"loss became non-finite at {where}; stopped without saving it. "
-                        "Lower --lr, check the data's normalisation, or resume from the last checkpoint")
+            raise WorkError(f"{r.longest_run} consecutive fp16 steps had a non-finite loss (the first of this "
+                            f"stretch's at {where}); stopping. Try --amp bf16 or off, or a lower --lr")
+        raise WorkError(f"loss became non-finite at {where}; stopped without saving it. Lower --lr, check the "
+                        "data's normalisation, or resume from the last checkpoint")
 
     # ------------------------------------------------------------------ epochs
     def _validate(self, model) -> dict | None:
@@ -448,7 +470,7 @@ class Trainer:
             num_classes=self.num_classes), self.world)
 
     def _stopping(self, stop: _StopFlag) -> bool:
-        """A stop signal, as every rank sees it at this step (DDP: agreed one step behind)."""
+        """A stop signal, as every rank sees it at this step (DDP: agreed at the finite watch's reads)."""
         return self._peer_stop if self.world.distributed else stop.signum is not None
 
     def _train_epoch(self, epoch: int, stop: _StopFlag) -> dict:
@@ -461,29 +483,25 @@ class Trainer:
         seconds_before = self.partial["seconds"]
         t0 = time.perf_counter()
         self.progress.epoch_start(epoch, cfg.epochs, self.steps_per_epoch, self.batch)
-        pending = None
-        self._consecutive_bad = 0
+        self.watch.reset_run()
         done_here = 0
         n = self.train_loader.num_images
         B = cfg.batch_size
         for b, x, y in self.train_loader.batches(epoch, start=self.batch):
-            self._check_finite(pending, f"step {self.step} (epoch {epoch}, batch {b})")
             n_global = min(B, n - b * B)
-            pending = self._guarded_step(x, y, n_global, sums)
-            if self.world.distributed:
-                pending = distm.agree_step(pending, stop.signum is not None, self.world)
+            self._loop_step(x, y, n_global, sums, stop.signum is not None)
             self.batch = b + 1
             self.progress.step(n_global, sums)
             done_here += 1
             if epoch == 1 and done_here == min(self.steps_per_epoch, 20):
                 # Early, so nobody starts a 250-epoch CPU run unknowingly (+8% for validation).
+                self._check_finite()  # a sync: the queued steps are done, so the time is real
                 per_step = (time.perf_counter() - t0) / done_here
                 self.progress.estimate(per_step * self.steps_per_epoch * cfg.epochs * 1.08, cfg.epochs)
             mid_epoch = self.batch < self.steps_per_epoch
             if mid_epoch and (self._stopping(stop)
                               or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)):
-                self._check_finite(pending, f"step {self.step}")
-                pending = None
+                self._check_finite()
                 values = distm.all_reduce_sum(sums.clone(), self.world).tolist()
                 self.partial = {"loss_sum": values[0], "correct": values[1], "count": values[2],
                                 "seconds": seconds_before + time.perf_counter() - t0}
@@ -492,7 +510,7 @@ class Trainer:
                 if self._stopping(stop):
                     raise Interrupted(stop.signum or signal.SIGTERM, f"stopped by signal {stop.signum} at epoch {epoch} batch {self.batch}; "
                                       f"checkpoint written to {self.ckpt_dir / 'last.pt'}; continue with --resume {self.run_dir}")
-        self._check_finite(pending, f"step {self.step} (epoch {epoch})")
+        self._check_finite()
         loss_sum, correct, count = distm.all_reduce_sum(sums.clone(), self.world).tolist()  # sync point
         seconds = seconds_before + time.perf_counter() - t0
         return {"train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),

@@ -199,6 +199,8 @@ def _run(args, world) -> int:
 
     runtime.configure_threads()
     device = runtime.pick_device(cfg.device, world.local_rank if world.distributed else None)  # before any data
+    if device.type == "cpu":
+        runtime.keep_host_memory()
     distributed.validate(cfg.batch_size, cfg.accum_steps, cfg.sync_bn, world, device)
     data = distributed.main_first(lambda: load_dataset(
         cfg.dataset, cfg.data_dir, download=cfg.download and cfg.dataset != "folder", log=console.log), world)
@@ -219,7 +221,7 @@ def _run(args, world) -> int:
         if world.is_main:
             _print_results(results, run_dir)
             if run_cfg.report:
-                _build_report(run_dir, console)
+                _build_report(run_dir, console, data)
     if len(runs) > 1 and world.is_main:
         _write_summary(out, all_results)
         if cfg.report:
@@ -239,13 +241,13 @@ def _print_results(results: dict, run_dir: Path) -> None:
     print(line, file=sys.stdout, flush=True)
 
 
-def _build_report(run_dir: Path, console) -> None:
+def _build_report(run_dir: Path, console, data=None) -> None:
     try:
         from ..report import build_report
     except ImportError:
         return
     try:
-        path = build_report(run_dir, log=console.log)
+        path = build_report(run_dir, images=data, log=console.log)  # the images in memory: no reload
         console.log(f"report: {path}")
     except Exception as e:  # noqa: BLE001 - the training result stands even if the report fails
         console.log(f"warning: the report could not be built ({type(e).__name__}: {e}); "

@@ -47,30 +47,37 @@ def _images_array(images) -> np.ndarray:
     return a
 
 
+def _is_dataset(x) -> bool:
+    return hasattr(x, "train_x") and hasattr(x, "classes")
+
+
 def load_eval_images(config: dict | None, predictions: dict, eval_split: str | None,
-                     log: Log = None) -> tuple[np.ndarray | None, str | None]:
+                     log: Log = None, dataset=None) -> tuple[np.ndarray | None, str | None]:
     """The eval images aligned with the prediction rows, or (None, why they are missing).
 
-    Never downloads: a report must not fetch 170 MB because the data moved. Any failure to load
-    becomes the reason shown in place of the grids, since the rest of the report stands without
-    them.
+    dataset: the loaded Dataset the run trained on (train passes it, so nothing is read twice);
+    otherwise the one config.yaml names is loaded. Never downloads: a report must not fetch 170 MB
+    because the data moved. Any failure to load becomes the reason shown in place of the grids,
+    since the rest of the report stands without them.
     """
     if not config or not config.get("dataset"):
         return None, "config.yaml is missing or names no dataset, so the images cannot be found."
     name, data_dir = config["dataset"], config.get("data_dir", "data")
-    try:
-        from ..data import load_dataset
-    except ImportError:
-        return None, "this installation has no dataset loader (resnet_cifar.data.load_dataset)."
-    _say(log, f"report: loading {name} images from {data_dir}")
-    try:
-        ds = load_dataset(name, data_dir, download=False, log=log)
-    # Any exception: the data may be gone, corrupt or of another version; the report still
-    # renders, and the message says what happened.
-    except Exception as e:  # noqa: BLE001
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return None, (f"the {name} images could not be loaded from {data_dir!r} ({msg}). Put the "
-                      f"data back there, or rebuild with build_report(run_dir, images=...).")
+    ds = dataset
+    if ds is None:
+        try:
+            from ..data import load_dataset
+        except ImportError:
+            return None, "this installation has no dataset loader (resnet_cifar.data.load_dataset)."
+        _say(log, f"report: loading {name} images from {data_dir}")
+        try:
+            ds = load_dataset(name, data_dir, download=False, log=log)
+        # Any exception: the data may be gone, corrupt or of another version; the report still
+        # renders, and the message says what happened.
+        except Exception as e:  # noqa: BLE001
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return None, (f"the {name} images could not be loaded from {data_dir!r} ({msg}). Put the "
+                          f"data back there, or rebuild with build_report(run_dir, images=...).")
     split = predictions.get("split") or eval_split or "test"
     source = ds.test_x if split == "test" else ds.train_x
     if source is None:
@@ -139,7 +146,10 @@ def analyse_run(run_dir: str | Path, images=None, log: Log = None) -> dict[str, 
         out["calibration"] = calibration.reliability(probs, labels)
         out["examples"] = {"mistakes": examples.most_confident_mistakes(probs, labels),
                            "least_confident_correct": examples.least_confident_correct(probs, labels)}
-        if images is not None:
+        if images is not None and _is_dataset(images):
+            out["images"], out["images_missing"] = load_eval_images(
+                config, preds, results.get("eval_split"), log, dataset=images)
+        elif images is not None:
             imgs = _images_array(images)
             if len(imgs) != n:
                 raise UsageError(f"images has {len(imgs)} rows but predictions.npz has {n}; pass "
@@ -322,8 +332,9 @@ def build_multiseed_report(run_dir: str | Path, log: Log = None, force: bool = F
 def build_report(run_dir: str | Path, images=None, log: Log = None, force: bool = False) -> Path:
     """Build RUN_DIR/report/ and return the path of its index.html.
 
-    images: optional uint8 (N, 3, H, W) array/tensor aligned with predictions.npz rows; by default
-    the images are loaded from the dataset named in config.yaml (never downloaded).
+    images: optional uint8 (N, 3, H, W) array/tensor aligned with predictions.npz rows, or the
+    loaded Dataset the run trained on (the rows are taken from it); by default the images are
+    loaded from the dataset named in config.yaml (never downloaded).
     log: optional callable taking one progress line.
     force: for a multi-seed directory, rebuild seed reports that already exist.
     """
