@@ -14,7 +14,7 @@ if [ ! -f "$venv/.complete" ]; then
     echo "test.sh: creating $venv (first run: installs torch, a few minutes)" >&2
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q --upgrade pip "setuptools>=77"   # the editable reinstall below builds without isolation
     # The pinned test stack first, then the project's own dependencies (resolved against it).
     "$venv/bin/pip" install -q -r requirements-test.txt
     "$venv/bin/pip" install -q -e ".[test]"
