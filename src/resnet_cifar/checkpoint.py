@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, UsageError
+from .errors import CheckpointError, UsageError, first_line
 
 FORMAT = "resnet-cifar/1"
 
@@ -113,7 +113,7 @@ def save(state: dict[str, Any], path: str | Path) -> None:
         atomic_write(path, write)
     except (OSError, RuntimeError) as e:
         cause = writers[-1].error if writers and writers[-1].error is not None else e
-        reason = (cause.strerror if isinstance(cause, OSError) else None) or str(cause).strip().splitlines()[0][:160]
+        reason = (cause.strerror if isinstance(cause, OSError) else None) or first_line(cause, 160, type(cause).__name__)
         raise CheckpointError(f"could not write checkpoint {path}: {reason}; "
                               "the previous checkpoint is intact (free disk space or choose another --out)") from None
 
@@ -131,8 +131,7 @@ def _verify_zip(p: Path) -> None:
                     while f.read(1 << 22):
                         pass
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt ({first[:160]}: a flipped bit or an incomplete "
+        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt ({first_line(e, 160, type(e).__name__)}: a flipped bit or an incomplete "
                               "copy); use another checkpoint (e.g. checkpoints/best.pt or an earlier copy)") from None
 
 
@@ -154,16 +153,15 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             warnings.simplefilter("ignore")
             state = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
+        first = first_line(e, 160, "unsupported content")
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "Unsupported operand" in str(e):
             raise CheckpointError(f"refusing to load {str(p)!r}: it contains code or objects that are not "
                                   "plain tensors and values (weights_only=True); only load checkpoints you trust "
                                   "to have been written by resnet-cifar") from None
-        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt ({first[:160]})") from None
+        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt ({first})") from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError, IndexError,
             TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {str(p)!r} is truncated or corrupt ({first[:160]}); "
+        raise CheckpointError(f"checkpoint {str(p)!r} is truncated or corrupt ({first_line(e, 160, type(e).__name__)}); "
                               "use another checkpoint (e.g. checkpoints/best.pt or an earlier copy)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(p)!r} is not a resnet-cifar checkpoint (no '{FORMAT}' format tag)")
@@ -194,8 +192,7 @@ def build_from_checkpoint(state: dict[str, Any], device: str | torch.device = "c
         if len(state["classes"]) != int(args["num_classes"]):
             raise RuntimeError(f"it names {len(state['classes'])} classes for {args['num_classes']} outputs")
     except (RuntimeError, KeyError, TypeError, ValueError, UsageError) as e:
-        first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {state.get('path', '')!r} does not fit model "
-                              f"{args.get('name')!r}: {first[:200]}") from None
+                              f"{args.get('name')!r}: {first_line(e, 200, type(e).__name__)}") from None
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(device, memory_format=fmt).eval()

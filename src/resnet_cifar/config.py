@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .constants import DATASETS
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("plateau", "cosine", "onecycle", "multistep", "constant")
@@ -129,7 +129,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as e:  # parse errors of either format
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e, empty=type(e).__name__)
         raise UsageError(f"config file {str(p)!r} does not parse: {first}") from None
     if data is None:
         return {}

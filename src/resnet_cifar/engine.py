@@ -35,7 +35,7 @@ from .config import Config, swa_start_epoch
 from .data import Dataset
 from .data.loader import Augment, DeviceLoader
 from .data.split import stratified_subset, train_val_split
-from .errors import CheckpointError, Interrupted, UsageError, WorkError
+from .errors import CheckpointError, Interrupted, UsageError, WorkError, first_line
 from .finite import FiniteWatch, check_every
 from .models import build_model, count_parameters
 from .progress import Silent
@@ -318,7 +318,7 @@ class Trainer:
             runtime.set_rng_state(rng)
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
             raise CheckpointError(f"checkpoint {where!r} does not match this run: "
-                                  f"{str(e).strip().splitlines()[0][:200]}") from None
+                                  f"{first_line(e, 200, type(e).__name__)}") from None
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
         self.accum_steps = state["accum_steps"]
         self.partial = {k: float(v) for k, v in state["partial"].items()}
@@ -483,7 +483,7 @@ class Trainer:
         seconds_before = self.partial["seconds"]
         t0 = time.perf_counter()
         self.progress.epoch_start(epoch, cfg.epochs, self.steps_per_epoch, self.batch)
-        self.watch.reset_run()
+        self.watch.reset()
         done_here = 0
         n = self.train_loader.num_images
         B = cfg.batch_size

@@ -18,12 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import UsageError
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+from .errors import UsageError, describe
 
 
 def _version(dist: str) -> str | None:
@@ -47,7 +42,7 @@ def _tensor_check(device: str) -> dict[str, Any]:
         ok = value == value  # not NaN
         return {"ok": bool(ok), "error": None if ok else "the result was NaN"}
     except Exception as e:  # noqa: BLE001 - the point is to report, not crash
-        return {"ok": False, "error": _first_line(e)}
+        return {"ok": False, "error": describe(e, 300)}
 
 
 def _bf16_check(device: str) -> dict[str, Any]:
@@ -56,7 +51,7 @@ def _bf16_check(device: str) -> dict[str, Any]:
         float((a @ a).float().sum().cpu())
         return {"ok": True, "error": None}
     except Exception as e:  # noqa: BLE001
-        return {"ok": False, "error": _first_line(e)}
+        return {"ok": False, "error": describe(e, 300)}
 
 
 def cuda_info() -> dict[str, Any]:
@@ -65,7 +60,7 @@ def cuda_info() -> dict[str, Any]:
     try:
         info["available"] = bool(torch.cuda.is_available())
     except Exception as e:  # noqa: BLE001
-        info["error"] = _first_line(e)
+        info["error"] = describe(e, 300)
         return info
     if not info["available"]:
         return info
@@ -83,7 +78,7 @@ def cuda_info() -> dict[str, Any]:
             free, _total = torch.cuda.mem_get_info(i)
             dev["free_memory_gib"] = round(free / 2**30, 2)
         except Exception as e:  # noqa: BLE001
-            dev["error"] = _first_line(e)
+            dev["error"] = describe(e, 300)
         dev["tensor_check"] = _tensor_check(f"cuda:{i}")
         try:
             with torch.cuda.device(i):
@@ -100,7 +95,7 @@ def mps_info() -> dict[str, Any]:
     try:
         info["available"] = bool(mps and mps.is_available())
     except Exception as e:  # noqa: BLE001
-        info["error"] = _first_line(e)
+        info["error"] = describe(e, 300)
     if info["available"]:
         info["tensor_check"] = _tensor_check("mps")
     return info
@@ -119,7 +114,7 @@ def compile_info(check_cuda: bool) -> dict[str, Any]:
         # find_spec, not import: importing inductor takes seconds and compiles nothing.
         info["inductor"] = importlib.util.find_spec("torch._inductor") is not None
     except Exception as e:  # noqa: BLE001
-        info["notes"].append(f"torch._inductor cannot be found ({_first_line(e)})")
+        info["notes"].append(f"torch._inductor cannot be found ({describe(e, 300)})")
     cc = os.environ.get("CXX") or os.environ.get("CC")
     for cand in ([cc] if cc else []) + ["g++", "c++", "clang++", "gcc", "cc", "clang"]:
         path = shutil.which(cand) if cand else None

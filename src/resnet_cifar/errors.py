@@ -32,3 +32,18 @@ class Interrupted(ResnetCifarError):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+def first_line(e: BaseException, limit: int | None = None, empty: str = "") -> str:
+    """The first line of an exception's message, at most `limit` characters; `empty` when it has none.
+
+    How an exception from torch, yaml, zipfile, ... is quoted inside a one-line error.
+    """
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else empty
+
+
+def describe(e: BaseException, limit: int | None = None) -> str:
+    """`TypeName: first line of the message`, or the type name alone when there is no message."""
+    text = first_line(e, limit)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

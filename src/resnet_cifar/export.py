@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .errors import UsageError, WorkError
+from .errors import UsageError, WorkError, describe
 
 FORMATS = ("onnx", "torchscript")
 ONNX_EXTRA = "pip install 'resnet-cifar[onnx]'"
@@ -71,7 +71,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, 
                                         external_data=False, verbose=False)
         proto = program.model_proto
     except Exception as e:  # noqa: BLE001 - try the older exporter before giving up
-        errors.append(f"dynamo exporter: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+        errors.append(f"dynamo exporter: {describe(e)}")
         exporter = "torchscript-based"
         try:
             buf = io.BytesIO()
@@ -82,8 +82,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, 
                                   dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
             proto = onnx.load_from_string(buf.getvalue())
         except Exception as e2:  # noqa: BLE001
-            errors.append(f"torchscript-based exporter: {type(e2).__name__}: "
-                          f"{str(e2).strip().splitlines()[0] if str(e2).strip() else ''}")
+            errors.append(f"torchscript-based exporter: {describe(e2)}")
             raise WorkError(f"ONNX export failed ({'; '.join(errors)[:400]}); try --format torchscript") from None
     for k, v in meta.items():
         entry = proto.metadata_props.add()
@@ -183,8 +182,7 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str | None = None, *, c
     except (WorkError, UsageError):
         raise
     except Exception as e:  # noqa: BLE001 - export or reload failed: one line, no traceback
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise WorkError(f"{fmt} export of {state['path']} failed ({type(e).__name__}: {first})") from None
+        raise WorkError(f"{fmt} export of {state['path']} failed ({describe(e, 300)})") from None
 
     if got.shape != reference.shape:
         raise WorkError(f"the exported {fmt} model returned shape {tuple(got.shape)}, PyTorch "

@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ResnetCifarError, UsageError
+from .errors import ResnetCifarError, UsageError, describe
 
 
 def _error_text(e: BaseException) -> str:
     if isinstance(e, ResnetCifarError):
         return str(e)
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return describe(e)
 
 
 def load_images(paths: list[str | Path]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ResnetCifarError, UsageError, WorkError
+from ..errors import ResnetCifarError, UsageError, WorkError, first_line
 from . import calibration, confusion, diagnosis, examples, metrics
 
 REPORT_DIR = "report"
@@ -75,7 +75,7 @@ def load_eval_images(config: dict | None, predictions: dict, eval_split: str | N
         # Any exception: the data may be gone, corrupt or of another version; the report still
         # renders, and the message says what happened.
         except Exception as e:  # noqa: BLE001
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e, empty=type(e).__name__)
             return None, (f"the {name} images could not be loaded from {data_dir!r} ({msg}). Put the "
                           f"data back there, or rebuild with build_report(run_dir, images=...).")
     split = predictions.get("split") or eval_split or "test"

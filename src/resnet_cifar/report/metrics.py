@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError, WorkError
+from ..errors import UsageError, WorkError, first_line
 
 METRICS_FILE = "metrics.csv"
 RESULTS_FILE = "results.json"
@@ -100,7 +100,7 @@ def read_config(path: str | Path) -> dict[str, Any] | None:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise WorkError(f"{p} is not valid YAML ({str(e).splitlines()[0]}); rerun training or "
+        raise WorkError(f"{p} is not valid YAML ({first_line(e, empty=type(e).__name__)}); rerun training or "
                         f"fix the file") from None
     if data is None:
         return {}
