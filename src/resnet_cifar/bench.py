@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from . import runtime
 
 VISION_HINT = "pip install 'resnet-cifar[vision]'"
 
@@ -68,14 +69,6 @@ def cpu_flags() -> list[str]:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _host_memory(device: torch.device, keep: bool) -> None:
-    """Ours keeps freed host memory, the baseline gets glibc's defaults (see the module docstring)."""
-    from .runtime import keep_host_memory
-
-    if device.type == "cpu":
-        keep_host_memory(keep)
 
 
 def _loadavg() -> float | None:
@@ -122,7 +115,6 @@ class _Ours:
         self.sums = torch.zeros(3, dtype=torch.float64, device=trainer.device)
         self.batches = self._batches()
         self.images = 0
-        trainer.watch.reset_run()
         trainer.train_model.train()
 
     def _batches(self) -> Iterator:
@@ -135,7 +127,7 @@ class _Ours:
 
     def steps(self, n: int) -> float:
         t = self.t
-        _host_memory(t.device, keep=True)
+        runtime.keep_host_memory(True, t.device)
         _sync(t.device)
         t0 = time.perf_counter()
         for _ in range(n):
@@ -200,7 +192,7 @@ class _Baseline:
 
     def steps(self, n: int) -> float:
         net, opt, crit, dev = self.net, self.optimizer, self.criterion, self.device
-        _host_memory(dev, keep=False)
+        runtime.keep_host_memory(False, dev)
         net.train()
         _sync(dev)
         t0 = time.perf_counter()
@@ -221,7 +213,7 @@ class _Baseline:
         ds = TutorialDataset(self.hwc[:n_images], self.labels[:n_images], self.test_tf)
         loader = torch.utils.data.DataLoader(ds, batch_size=100, shuffle=False, num_workers=self.workers)
         self.net.eval()
-        _host_memory(self.device, keep=False)
+        runtime.keep_host_memory(False, self.device)
         _sync(self.device)
         t0 = time.perf_counter()
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -256,7 +248,6 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
     steps / warmup default to 100 / 20 on CUDA and 10 / 2 on the CPU (ResNet-18 takes seconds per
     step there). Timed steps are split into `windows` windows; each figure is their median.
     """
-    from . import runtime
     from .config import resolve
     from .data import load_dataset
     from .engine import Trainer, evaluate
@@ -309,7 +300,7 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
                          std=data.std, device=dev, workers=workers, seed=seed)
 
     load_before = _loadavg()
-    host_memory_kept = dev.type == "cpu" and runtime.keep_host_memory(True)
+    host_memory_kept = runtime.keep_host_memory(True, dev)
     say(f"bench: {model} batch {batch_size} on {dev} ({_device_name(dev)}), amp {trainer.amp}, "
         f"{warmup} warm-up + {steps} timed steps in {windows} windows, data: {data_desc}")
     first = ours.steps(1) if warmup else None
@@ -335,7 +326,7 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
     eval_windows = 3 if on_cuda else 2
 
     def ours_eval() -> float:
-        _host_memory(dev, keep=True)
+        runtime.keep_host_memory(True, dev)
         _sync(dev)
         t0 = time.perf_counter()
         evaluate(trainer.model, ex, ey, mean=data.mean, std=data.std, batch_size=cfg.eval_batch_size,

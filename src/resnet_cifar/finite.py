@@ -55,6 +55,7 @@ class FiniteWatch:
         self.state = torch.tensor([0, run, run, 0, 0], dtype=torch.int64, device=self.device)
         return Reading(int(bad), int(longest), int(first), bool(stop))
 
-    def reset_run(self) -> None:
-        """A new epoch or a resumed run starts with no run of bad steps behind it."""
+    def reset(self) -> None:
+        """Zero every counter: an epoch starts with no run of bad steps behind it (the last
+        epoch's end read everything else)."""
         self.state = torch.zeros(5, dtype=torch.int64, device=self.device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import random
 import warnings
@@ -16,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from .errors import UsageError
+from .errors import UsageError, describe
 
 
 def cuda_available() -> bool:
@@ -197,8 +198,7 @@ def _eager_backward_lowering():
 
 
 def _warn_compile(e: Exception, warn) -> None:
-    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-    msg = f"warning: torch.compile failed ({type(e).__name__}: {first}); running eager (--compile off silences this)"
+    msg = f"warning: torch.compile failed ({describe(e, 300)}); running eager (--compile off silences this)"
     (warn or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
 
 
@@ -218,21 +218,18 @@ _KEEP_TRIM_THRESHOLD = (1 << 31) - 1     # mallopt takes an int
 KEEP_HOST_MEMORY_ENV = "RESNET_CIFAR_KEEP_HOST_MEMORY"
 
 
+@functools.cache
 def _libc():
-    if not hasattr(_libc, "lib"):
-        lib = None
-        name = ctypes.util.find_library("c")
-        try:
-            cand = ctypes.CDLL(name) if name else None
-            if cand is not None and hasattr(cand, "mallopt") and hasattr(cand, "gnu_get_libc_version"):
-                lib = cand  # glibc only: other libcs' mallopt takes other numbers, or is missing
-        except OSError:
-            pass
-        _libc.lib = lib
-    return _libc.lib
+    """glibc, or None: other libcs' mallopt takes other numbers, or is missing."""
+    name = ctypes.util.find_library("c")
+    try:
+        lib = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return lib if hasattr(lib, "mallopt") and hasattr(lib, "gnu_get_libc_version") else None
 
 
-def keep_host_memory(keep: bool = True) -> bool:
+def keep_host_memory(keep: bool = True, device: torch.device | None = None) -> bool:
     """Let glibc keep freed CPU tensors' memory for the next step instead of unmapping it.
 
     Why: a CPU training step allocates and frees the same activation buffers every step, several
@@ -246,8 +243,11 @@ def keep_host_memory(keep: bool = True) -> bool:
     keep=False puts back what glibc's own adaptive defaults settle at once warmed up (the
     tutorial baseline's conditions in `bench`). Setting 0 in $RESNET_CIFAR_KEEP_HOST_MEMORY turns
     keep=True into a no-op. Returns whether the setting was applied (False off glibc: macOS,
-    Windows, musl).
+    Windows, musl). With `device`, only a CPU device gets the setting (a GPU run's host memory
+    does not churn like that).
     """
+    if device is not None and device.type != "cpu":
+        return False
     if keep and os.environ.get(KEEP_HOST_MEMORY_ENV, "1").strip() in {"0", "false", "no", "off"}:
         return False
     lib = _libc()

@@ -29,8 +29,7 @@ def run(args) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if runtime.pick_device(args.device).type == "cpu":
-        runtime.keep_host_memory()
+    runtime.keep_host_memory(device=runtime.pick_device(args.device))
     state = checkpoint.load(args.checkpoint)
     saved = state.get("config", {})
     dataset = args.dataset or saved.get("dataset", "cifar10")

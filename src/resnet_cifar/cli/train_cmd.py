@@ -199,8 +199,7 @@ def _run(args, world) -> int:
 
     runtime.configure_threads()
     device = runtime.pick_device(cfg.device, world.local_rank if world.distributed else None)  # before any data
-    if device.type == "cpu":
-        runtime.keep_host_memory()
+    runtime.keep_host_memory(device=device)
     distributed.validate(cfg.batch_size, cfg.accum_steps, cfg.sync_bn, world, device)
     data = distributed.main_first(lambda: load_dataset(
         cfg.dataset, cfg.data_dir, download=cfg.download and cfg.dataset != "folder", log=console.log), world)
