@@ -60,19 +60,21 @@ def world_from_env() -> World:
 
 
 # ------------------------------------------------------------------------------- torchrun facts
-def restart_count() -> int:
-    """How often torchrun has restarted this job's workers (0 on the first attempt, or without torchrun)."""
+def _env_int(name: str) -> int:
+    """An integer torchrun sets, 0 when it is unset or not a number."""
     try:
-        return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        return int(os.environ.get(name, "0"))
     except ValueError:
         return 0
+
+
+def restart_count() -> int:
+    """How often torchrun has restarted this job's workers (0 on the first attempt, or without torchrun)."""
+    return _env_int("TORCHELASTIC_RESTART_COUNT")
 
 
 def max_restarts() -> int:
-    try:
-        return int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0"))
-    except ValueError:
-        return 0
+    return _env_int("TORCHELASTIC_MAX_RESTARTS")
 
 
 def run_id() -> str | None:

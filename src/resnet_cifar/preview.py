@@ -21,13 +21,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from .config import Config
 from .data.loader import NO_AUGMENT, Augment, DeviceLoader, denormalize, plan_epoch
 from .errors import UsageError, WorkError
 
 Log = Callable[[str], None] | None
 
 BACKGROUND = (255, 255, 255)
-DEFAULT_VAL_SIZE = 5000      # train's default --val-size
+DEFAULT_VAL_SIZE = Config.val_size   # train's default --val-size
 TEXT = (20, 20, 20)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..config import Config
 from .common import add_data_flags, stderr_log
 
 
@@ -27,8 +28,8 @@ def add_parser(sub) -> None:
     v.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     v.add_argument("--augment", action="store_true", help="after the training augmentations (crop + flip)")
     v.add_argument("--seed", type=int, default=0, help="as train's --seed: the same first batch (default 0)")
-    v.add_argument("--val-size", type=int, default=5000,
-                   help="as train's --val-size: these images are held out, not shown (default 5000)")
+    v.add_argument("--val-size", type=int, default=Config.val_size,
+                   help=f"as train's --val-size: these images are held out, not shown (default {Config.val_size})")
     v.add_argument("--out", default="preview.png", metavar="FILE", help="PNG to write (default preview.png)")
     v.set_defaults(run=run_preview)
 
