@@ -134,7 +134,7 @@ def test_bad_config_files_exit_2_with_one_line(tmp_path, monkeypatch, capsys, no
 
 
 def test_large_integers_are_kept_exactly():
-    from resnet_cifar.config import load_config_file, resolve
+    from resnet_cifar.config import resolve
 
     assert resolve(flag_values={"seed": 2**63 - 1}).seed == 2**63 - 1
     assert resolve(file_values={"seed": "12345678901234567"}).seed == 12345678901234567

@@ -164,10 +164,11 @@ def test_trainer_step_survives_a_failing_compile(monkeypatch, tmp_path, syntheti
     assert sums[2].item() == 16
 
 
-def test_a_real_compiled_module_runs_forward_and_backward_through_the_guard(monkeypatch):
-    """Real dynamo + AOTAutograd (the aot_eager backend: no C++ toolchain needed, seconds not minutes)."""
+def _compile_and_train_twice(monkeypatch, backend):
+    """maybe_compile(_Tiny(), "on") with torch.compile forced onto `backend`, then two forward and
+    backward passes; returns (eager model, wrapper, warnings)."""
     real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend="aot_eager"))
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend=backend))
     torch._dynamo.reset()
     model = _Tiny()
     messages = []
@@ -175,6 +176,12 @@ def test_a_real_compiled_module_runs_forward_and_backward_through_the_guard(monk
     x = torch.randn(6, 4)
     for _ in range(2):
         wrapped(x).square().sum().backward()
+    return model, wrapped, messages
+
+
+def test_a_real_compiled_module_runs_forward_and_backward_through_the_guard(monkeypatch):
+    """Real dynamo + AOTAutograd (the aot_eager backend: no C++ toolchain needed, seconds not minutes)."""
+    model, wrapped, messages = _compile_and_train_twice(monkeypatch, "aot_eager")
     assert messages == [] and wrapped.compiled_active
     assert model.lin.weight.grad is not None
     torch._dynamo.reset()
@@ -189,15 +196,7 @@ def test_a_backward_that_cannot_compile_fails_inside_the_guard(monkeypatch):
         raise RuntimeError("backward codegen failed")
 
     backend = aot_autograd(fw_compiler=lambda gm, ex: gm, bw_compiler=bw_fails)
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend=backend))
-    torch._dynamo.reset()
-    model = _Tiny()
-    messages = []
-    wrapped = runtime.maybe_compile(model, "on", CPU, warn=messages.append)
-    x = torch.randn(6, 4)
-    for _ in range(2):
-        wrapped(x).square().sum().backward()
+    model, wrapped, messages = _compile_and_train_twice(monkeypatch, backend)
     assert len(messages) == 1 and not wrapped.compiled_active
     assert model.lin.weight.grad is not None
     torch._dynamo.reset()

@@ -98,15 +98,20 @@ def test_train_resume_refuses(hostile, tmp_path, capsys):
     assert not marker.exists()
 
 
+def _each_refused(paths: dict, argv_for, capsys) -> None:
+    """Run the command argv_for(name, path) builds for every hostile file: exit 1, one line naming it."""
+    for name, p in paths.items():
+        code, _, err = run_main(argv_for(name, p), capsys)
+        assert code == 1, name
+        assert_one_line_error(err, str(p))
+
+
 def test_evaluate_refuses(hostile, tmp_path, capsys):
     pytest.importorskip("resnet_cifar.cli.evaluate_cmd")
     marker, paths = hostile
     data = write_folder(tmp_path / "data", n_per_class=2)
-    for name, p in paths.items():
-        code, _, err = run_main(["evaluate", str(p), "--dataset", "folder", "--data-dir", str(data),
-                                 "--device", "cpu"], capsys)
-        assert code == 1, name
-        assert_one_line_error(err, str(p))
+    _each_refused(paths, lambda name, p: ["evaluate", str(p), "--dataset", "folder", "--data-dir", str(data),
+                                          "--device", "cpu"], capsys)
     assert not marker.exists()
 
 
@@ -117,22 +122,17 @@ def test_predict_refuses(hostile, tmp_path, capsys):
     marker, paths = hostile
     img = tmp_path / "x.png"
     Image.new("RGB", (32, 32)).save(img)
-    for name, p in paths.items():
-        code, _, err = run_main(["predict", str(p), str(img), "--device", "cpu"], capsys)
-        assert code == 1, name
-        assert_one_line_error(err, str(p))
+    _each_refused(paths, lambda name, p: ["predict", str(p), str(img), "--device", "cpu"], capsys)
     assert not marker.exists()
 
 
 def test_export_refuses(hostile, tmp_path, capsys):
     pytest.importorskip("resnet_cifar.cli.export_cmd")
     marker, paths = hostile
-    for name, p in paths.items():
-        out = tmp_path / f"{name}.ts"
-        code, _, err = run_main(["export", str(p), "--format", "torchscript", "--out", str(out)], capsys)
-        assert code == 1, name
-        assert_one_line_error(err, str(p))
-        assert not out.exists()
+    outs = {name: tmp_path / f"{name}.ts" for name in paths}
+    _each_refused(paths, lambda name, p: ["export", str(p), "--format", "torchscript", "--out", str(outs[name])],
+                  capsys)
+    assert not [o for o in outs.values() if o.exists()]
     assert not marker.exists()
 
 

@@ -200,7 +200,6 @@ def test_auto_batch_retry_on_a_later_micro_batch_does_not_double_count(tmp_path,
     fails once; the step is redone with accum_steps 4 from a clean slate."""
     _fit(tmp_path, "ref", batch_size=8, accum_steps=4)
     ref_state = ckpt.load(tmp_path / "ref" / "checkpoints" / "last.pt")
-    seen = {"n": 0}
 
     def rule(n, b, out):
         if n == 2:
