@@ -13,6 +13,8 @@ EXPECTED_PARAMS = {
     "preact_resnet18": 11_172_170,
     "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018,
     "resnet110": 1_727_962,
+    # The reference WRNs (Zagoruyko & Komodakis 2016; xternalz/WideResNet-pytorch, same key names).
+    "wrn16_8": 10_961_370, "wrn28_10": 36_479_194, "wrn40_4": 8_949_210,
 }
 
 
@@ -60,3 +62,31 @@ def test_zero_init_residual_zeroes_last_bn_of_each_block():
 def test_unknown_model_lists_valid_names():
     with pytest.raises(UsageError, match="resnet18"):
         build_model("resnet19")
+
+
+def test_wide_dropout_is_active_in_training_only():
+    torch.manual_seed(0)
+    m = build_model("wrn16_8", width=0.125, dropout=0.5)
+    x = torch.randn(4, 3, 32, 32)
+    m.train()
+    assert not torch.equal(m(x), m(x))  # dropout draws differ
+    m.eval()
+    assert torch.equal(m(x), m(x))
+
+
+def test_dropout_keeps_the_state_dict_and_is_refused_where_absent():
+    with torch.device("meta"):
+        plain, dropped = build_model("wrn40_4"), build_model("wrn40_4", dropout=0.3)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in dropped.state_dict().items()}
+    with pytest.raises(UsageError, match="no dropout"):
+        build_model("resnet18", dropout=0.1)
+    with pytest.raises(UsageError, match="dropout must be in"):
+        build_model("wrn16_8", dropout=1.0)
+
+
+def test_wide_projection_only_where_the_shape_changes():
+    m = build_model("wrn16_8", width=0.125)
+    projected = [n for n, mod in m.named_modules() if getattr(mod, "convShortcut", "x") is not None
+                 and hasattr(mod, "convShortcut")]
+    # the first block of each of the three groups changes channels (16->128) or stride
+    assert projected == ["block1.layer.0", "block2.layer.0", "block3.layer.0"]

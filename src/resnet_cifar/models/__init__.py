@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..errors import UsageError
 from .resnet import (BasicBlock, Bottleneck, CifarResNet, PreActBlock, ResNet,
                      init_weights)
+from .wide import WideResNet
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet18": partial(ResNet, BasicBlock, [2, 2, 2, 2]),
@@ -27,7 +28,12 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet44": partial(CifarResNet, 44),
     "resnet56": partial(CifarResNet, 56),
     "resnet110": partial(CifarResNet, 110),
+    "wrn16_8": partial(WideResNet, 16, 8),
+    "wrn28_10": partial(WideResNet, 28, 10),
+    "wrn40_4": partial(WideResNet, 40, 4),
 }
+# Models with a dropout rate (`build_model(..., dropout=P)`, train's --dropout).
+_WITH_DROPOUT = ("wrn16_8", "wrn28_10", "wrn40_4")
 
 
 def list_models() -> list[str]:
@@ -35,15 +41,20 @@ def list_models() -> list[str]:
 
 
 def build_model(name: str, num_classes: int = 10, width: float = 1.0,
-                zero_init_residual: bool = False) -> nn.Module:
-    """Build a freshly initialised model from the registry."""
+                zero_init_residual: bool = False, dropout: float = 0.0) -> nn.Module:
+    """Build a freshly initialised model from the registry (dropout: only the wide nets have it)."""
     if name not in _REGISTRY:
         raise UsageError(f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}")
     if num_classes < 1:
         raise UsageError(f"num_classes must be >= 1, got {num_classes}")
     if not width > 0:
         raise UsageError(f"width must be > 0, got {width}")
-    model = _REGISTRY[name](num_classes=num_classes, width=width)
+    if not 0.0 <= dropout < 1.0:
+        raise UsageError(f"dropout must be in [0, 1), got {dropout}")
+    if dropout and name not in _WITH_DROPOUT:
+        raise UsageError(f"model {name!r} has no dropout; use one of {', '.join(_WITH_DROPOUT)} or --dropout 0")
+    extra = {"dropout": dropout} if dropout else {}
+    model = _REGISTRY[name](num_classes=num_classes, width=width, **extra)
     return init_weights(model, zero_init_residual)
 
 
