@@ -187,30 +187,30 @@ def _eq_data():
 
 def _epochs(trainer, keep_mid=None):
     """run()'s epoch loop without validation: train rows per epoch; copy the mid-epoch-1 checkpoint."""
-    stop = engine._StopFlag()   # not entered: no signal handlers in workers
+    stop = engine.StopFlag()   # not entered: no signal handlers in workers
     rows = {}
-    for e in range(trainer.epoch + 1, trainer.cfg.epochs + 1):
-        rows[e] = trainer._train_epoch(e, stop)
+    for e in range(trainer.state.epoch + 1, trainer.cfg.epochs + 1):
+        rows[e] = trainer.train_epoch(e, stop)
         if e == 1 and keep_mid is not None and trainer.world.is_main:
             shutil.copy(trainer.ckpt_dir / "last.pt", keep_mid)   # written at step 2 of 3
-        trainer.epoch, trainer.batch = e, 0
-        trainer.partial = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
+        trainer.state.end_epoch(e)   # epoch = e, batch = 0, partial sums zero
     return rows
 
 
 def _summary(trainer, rows):
     return {"model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
             "rows": {e: {k: r[k] for k in ("train_loss", "train_acc")} for e, r in rows.items()},
-            "step": trainer.step}
+            "step": trainer.state.step}
 
 
 def _eq_worker(rank, world_size, port, tmp, accum):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    engine.build_model = _no_bn
+    engine.parts.build_model = _no_bn
     world = distm.World(rank=rank, local_rank=rank, size=world_size, local_size=world_size)
     tmp = Path(tmp)
     cfg = resolve(flag_values={**EQ, "accum_steps": accum})
+    engine.setup(cfg, world)   # the process group, seeds and flags, as an entry point makes them
     fresh = engine.Trainer(cfg, _eq_data(), tmp / "ddp", world=world)
     out = _summary(fresh, _epochs(fresh, keep_mid=tmp / "ddp_mid.pt"))
     # a single-process mid-epoch checkpoint, continued by 2 processes
@@ -219,35 +219,35 @@ def _eq_worker(rank, world_size, port, tmp, accum):
     out["cont"] = _summary(cont, _epochs(cont))
     # a stop signal that only rank 1 catches (after step 1): both ranks stop at the same step
     sig = engine.Trainer(replace(cfg, checkpoint_every=0), _eq_data(), tmp / "ddp_sig", world=world)
-    stop = engine._StopFlag()
-    real_step = sig._guarded_step
+    stop = engine.StopFlag()
+    real_step = sig.guarded_step
 
     def step_then_signal(*a):
         finite = real_step(*a)
-        if rank == 1 and sig.step == 1:
+        if rank == 1 and sig.state.step == 1:
             stop.signum = signal.SIGTERM
         return finite
 
-    sig._guarded_step = step_then_signal
+    sig.guarded_step = step_then_signal
     try:
-        sig._train_epoch(1, stop)
+        sig.train_epoch(1, stop)
         out["signal"] = None
     except Interrupted as e:
-        out["signal"] = [sig.batch, sig.step, e.exit_code]
+        out["signal"] = [sig.state.batch, sig.state.step, e.exit_code]
     # a non-finite loss on rank 1 only (step 1): both ranks fail at the same check
     nan = engine.Trainer(replace(cfg, checkpoint_every=0), _eq_data(), tmp / "ddp_nan", world=world)
-    real_nan_step = nan._guarded_step
+    real_nan_step = nan.guarded_step
 
     def step_then_nan(*a):
-        finite = real_nan_step(*a)
-        return torch.tensor(False) if (rank == 1 and nan.step == 1) else finite
+        result = real_nan_step(*a)
+        return replace(result, finite=torch.tensor(False)) if (rank == 1 and nan.state.step == 1) else result
 
-    nan._guarded_step = step_then_nan
+    nan.guarded_step = step_then_nan
     try:
-        nan._train_epoch(1, engine._StopFlag())
+        nan.train_epoch(1, engine.StopFlag())
         out["nan"] = None
     except WorkError as e:
-        out["nan"] = [nan.step, str(e).split(";")[0]]
+        out["nan"] = [nan.state.step, str(e).split(";")[0]]
     torch.save(out, tmp / f"rank{rank}.pt")
     distm.barrier(world)
     distm.shutdown(world)
@@ -287,7 +287,8 @@ def _assert_same_run(a, b, what):
 def test_two_processes_match_one_process_and_resume_across_world_sizes(tmp_path, monkeypatch):
     """2 ranks x 8 images (x 2 micro-steps of 4, no_sync on the first) == 1 process x 16, for 6 steps
     with momentum, nesterov, weight decay, warm-up and augmentation; checkpoints move between the two."""
-    monkeypatch.setattr(engine, "build_model", _no_bn)
+    monkeypatch.setattr(engine.parts, "build_model", _no_bn)
+    engine.setup(resolve(flag_values=EQ))
     ref = engine.Trainer(resolve(flag_values=EQ), _eq_data(), tmp_path / "ref")
     ref_out = _summary(ref, _epochs(ref, keep_mid=tmp_path / "ref_mid.pt"))
 

@@ -1,10 +1,10 @@
 """Training and evaluation throughput: our pipeline and the tutorial's, side by side, in one run.
 
-Ours is the real engine: a `Trainer` is built from a config exactly as `train` builds it, and the
-timed loop is the engine's own loop body (`Trainer._loop_step`: `_guarded_step` -> `_train_step`
-and the finite watch, read every `check_every` steps) on batches of the device-resident loader: the
-same step, autocast, scaler, optimizer, compile wrapper and channels_last as a training run.
-There is no bench-only step.
+Ours is the real engine: the run's parts are built from a config exactly as `train` builds them
+(`engine.build_parts` + `engine.parts.wrap_for_training`), and the timed loop calls the public step
+that `train` runs (`engine.step.guarded_step` -> `train_step`) with the finite watch read every
+`check_every` steps, on batches of the device-resident loader: the same step, autocast, scaler,
+optimizer, compile wrapper and channels_last as a training run. There is no bench-only step.
 
 The baseline is the classic tutorial pipeline (kuangliu/pytorch-cifar style): a torchvision-style
 dataset of HWC uint8 arrays turned into PIL images, RandomCrop(32, padding=4) +
@@ -27,9 +27,7 @@ settle after warm-up.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -37,22 +35,16 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import runtime
+from . import finite, runtime
+from .distributed import World
+from .engine.sums import Sums
+from .progress import Silent
+from .runtime import cpu_name, device_name
 
 VISION_HINT = "pip install 'resnet-cifar[vision]'"
 
 
 # ------------------------------------------------------------------------------------ helpers
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def cpu_flags() -> list[str]:
     """The CPU features that decide CPU bf16 speed (empty where /proc/cpuinfo is missing)."""
     try:
@@ -90,8 +82,9 @@ def synthetic_dataset(n: int, num_classes: int = 10, seed: int = 0):
                    CIFAR10_MEAN, CIFAR10_STD)
 
 
-class _Collect:
-    """A progress sink that keeps the log lines (the compile-fallback warning lands here)."""
+class _Collect(Silent):
+    """The progress sink of the bench: no bars, but the log lines are kept (the compile-fallback
+    warning lands here) and passed on to `log`."""
 
     def __init__(self, log: Callable[[str], None] | None = None):
         self.lines: list[str] = []
@@ -102,43 +95,59 @@ class _Collect:
         if self._log:
             self._log(message)
 
-    def __getattr__(self, name):  # epoch_start, step, estimate, ...: nothing to show
-        return lambda *a, **k: None
-
 
 # ------------------------------------------------------------------------------------- ours
 class _Ours:
-    """The engine's loop body over the device loader, continuing across epochs as needed."""
+    """The engine's public step over the device loader, continuing across epochs as needed."""
 
-    def __init__(self, trainer):
-        self.t = trainer
-        self.sums = torch.zeros(3, dtype=torch.float64, device=trainer.device)
+    def __init__(self, cfg, data, device: torch.device, progress: _Collect):
+        from .engine import build_parts
+        from .engine.parts import wrap_for_training
+
+        self.cfg = cfg
+        self.parts = build_parts(cfg, data, device)
+        self.parts.step.model = wrap_for_training(self.parts.model, cfg, device, World(), warn=progress.log)
+        self.device = device
+        self.watch = finite.FiniteWatch(device)
+        self.check_every = finite.check_every(device)
+        self.sums = Sums.zeros(device)
+        self.step_count = 0
         self.batches = self._batches()
         self.images = 0
-        trainer.train_model.train()
+        self.parts.step.model.train()
 
     def _batches(self) -> Iterator:
         epoch = 1
         while True:
-            for b, x, y in self.t.train_loader.batches(epoch):
-                if len(y) == self.t.cfg.batch_size:   # a smaller last batch would only time a recompile
+            for b, x, y in self.parts.loader.batches(epoch):
+                if len(y) == self.cfg.batch_size:   # a smaller last batch would only time a recompile
                     yield b, x, y
             epoch += 1
 
     def steps(self, n: int) -> float:
-        t = self.t
-        runtime.keep_host_memory(True, t.device)
-        _sync(t.device)
+        from .engine import step
+
+        p, cfg = self.parts, self.cfg
+        runtime.keep_host_memory(True, self.device)
+        _sync(self.device)
         t0 = time.perf_counter()
         for _ in range(n):
             b, x, y = next(self.batches)
-            t._loop_step(x, y, len(y), self.sums, stopping=False)
-        _sync(t.device)
-        self.images += n * t.cfg.batch_size
+            out = step.guarded_step(p.step, x, y, len(y), p.schedule.lr(self.step_count), batch_size=cfg.batch_size,
+                                    auto_batch=cfg.auto_batch, step_number=self.step_count)
+            self.step_count += 1
+            self.sums.add(out.sums)
+            self.watch.add(out.finite, self.step_count)
+            if self.step_count % self.check_every == 0:
+                self.finish()
+        _sync(self.device)
+        self.images += n * cfg.batch_size
         return time.perf_counter() - t0
 
     def finish(self) -> None:
-        self.t._check_finite()
+        """Read the finite watch, as train does: a non-finite loss fails the bench too."""
+        finite.judge(self.watch.read(), amp=self.parts.amp, max_skipped_steps=self.cfg.max_skipped_steps,
+                     steps_per_epoch=len(self.parts.loader))
 
 
 # --------------------------------------------------------------------------------- baseline
@@ -250,7 +259,7 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
     """
     from .config import resolve
     from .data import load_dataset
-    from .engine import Trainer, evaluate
+    from .engine import setup
     from .errors import UsageError
 
     say = log or (lambda m: None)
@@ -289,19 +298,19 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
         channels_last=channels_last, dataset=dataset or "cifar10", data_dir=data_dir or "data",
         download=False, seed=seed), preset="tutorial")
     progress = _Collect(log)
-    with tempfile.TemporaryDirectory(prefix="resnet-cifar-bench-") as run_dir:
-        trainer = Trainer(cfg, data, run_dir, progress=progress)
-    ours = _Ours(trainer)
+    setup(cfg)   # the process-wide settings of a training run (seeds, backend flags), as train makes them
+    ours = _Ours(cfg, data, dev, progress)
+    splits = ours.parts.splits
     base = None
     if want_baseline:
         workers = baseline_workers if baseline_workers is not None else min(4, os.cpu_count() or 1)
-        base = _Baseline(trainer.splits.train_x, trainer.splits.train_y, model_name=model,
+        base = _Baseline(splits.train_x, splits.train_y, model_name=model,
                          num_classes=data.num_classes, width=width, batch_size=batch_size, mean=data.mean,
                          std=data.std, device=dev, workers=workers, seed=seed)
 
     load_before = _loadavg()
     host_memory_kept = runtime.keep_host_memory(True, dev)
-    say(f"bench: {model} batch {batch_size} on {dev} ({_device_name(dev)}), amp {trainer.amp}, "
+    say(f"bench: {model} batch {batch_size} on {dev} ({device_name(dev)}), amp {ours.parts.amp}, "
         f"{warmup} warm-up + {steps} timed steps in {windows} windows, data: {data_desc}")
     first = ours.steps(1) if warmup else None
     if warmup > 1:
@@ -322,15 +331,14 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
 
     # Evaluation: the engine's evaluate() at the configured eval batch (one sync per call).
     n_eval = min(n_train, eval_images if eval_images is not None else (10_000 if on_cuda else 1024))
-    ex, ey = trainer.splits.train_x[:n_eval], trainer.splits.train_y[:n_eval]
+    ex, ey = splits.train_x[:n_eval], splits.train_y[:n_eval]
     eval_windows = 3 if on_cuda else 2
 
     def ours_eval() -> float:
         runtime.keep_host_memory(True, dev)
         _sync(dev)
         t0 = time.perf_counter()
-        evaluate(trainer.model, ex, ey, mean=data.mean, std=data.std, batch_size=cfg.eval_batch_size,
-                 amp_ctx=trainer.amp_ctx, channels_last=cfg.channels_last, num_classes=data.num_classes)
+        ours.parts.evaluator(ours.parts.model, ex, ey)
         _sync(dev)
         return time.perf_counter() - t0
 
@@ -350,8 +358,8 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
     eval_img_s = med(eval_w)
     base_eval = med(base_eval_w) if base_eval_w else None
     compile_state = "off"
-    if isinstance(trainer.train_model, runtime.CompileFallback):
-        compile_state = "on" if trainer.train_model.compiled_active else "failed (eager fallback)"
+    if isinstance(ours.parts.step.model, runtime.CompileFallback):
+        compile_state = "on" if ours.parts.step.model.compiled_active else "failed (eager fallback)"
     return {
         "train_img_s": round(train_img_s, 2),
         "baseline_train_img_s": round(base_img_s, 2) if base_img_s else None,
@@ -359,11 +367,11 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
         "eval_img_s": round(eval_img_s, 2),
         "baseline_eval_img_s": round(base_eval, 2) if base_eval else None,
         "eval_ratio": round(eval_img_s / base_eval, 3) if base_eval else None,
-        "device": str(dev), "device_name": _device_name(dev), "cpu_name": cpu_name(),
+        "device": str(dev), "device_name": device_name(dev), "cpu_name": cpu_name(),
         "gpu_name": torch.cuda.get_device_name(dev) if on_cuda else None,
         "cpu_flags": cpu_flags(), "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads(),
         "model": model, "width": width, "batch_size": batch_size, "eval_batch_size": cfg.eval_batch_size,
-        "eval_images": n_eval, "amp": trainer.amp, "compile": compile_state, "channels_last": cfg.channels_last,
+        "eval_images": n_eval, "amp": ours.parts.amp, "compile": compile_state, "channels_last": cfg.channels_last,
         "torch_version": str(torch.__version__), "steps": steps, "warmup": warmup, "windows": windows,
         "train_windows_img_s": [round(v, 2) for v in ours_w],
         "baseline_windows_img_s": [round(v, 2) for v in base_w],
@@ -377,10 +385,6 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
         "data": data_desc, "loadavg_before": load_before, "loadavg_after": load_after,
         "warnings": list(progress.lines),
     }
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def format_table(r: dict[str, Any]) -> str:
