@@ -60,7 +60,9 @@ def pick_device(name: str = "auto", local_rank: int | None = None) -> torch.devi
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise UsageError(f"unknown device {name!r}; choose one of: auto, cpu, cuda, mps")
+    from .config import DEVICES
+
+    raise UsageError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}")
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:
