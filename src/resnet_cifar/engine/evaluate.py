@@ -59,7 +59,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean, 
     correct = per_class.cpu()
     out = {
         "loss": loss_sum.item() / max(n, 1), "acc": top1.item() / max(n, 1), "top5": top5.item() / max(n, 1),
-        "n": n, "per_class_acc": [(c / k) if k else None for c, k in zip(correct.tolist(), counts.tolist())],
+        "n": n, "per_class_acc": [(c / k) if k else None for c, k in zip(correct.tolist(), counts.tolist(), strict=True)],
     }
     if return_probs:
         out["probs"] = torch.cat(probs).numpy() if probs else np.zeros((0, num_classes), np.float32)
@@ -114,7 +114,7 @@ def evaluate_checkpoint(state: dict, data: Dataset, *, split: str = "test", tta:
     ev = Evaluator(tuple(state["mean"]), tuple(state["std"]), batch_size or cfg.eval_batch_size,
                    runtime.autocast(dev, runtime.resolve_amp(cfg.amp, dev)), cfg.channels_last, data.num_classes)
     result = ev(model, x.to(dev), y.to(dev), tta=tta)
-    result["per_class_acc"] = dict(zip(data.classes, result["per_class_acc"]))
+    result["per_class_acc"] = dict(zip(data.classes, result["per_class_acc"], strict=True))
     result.update({"split": split, "tta": tta, "checkpoint": state.get("path"), "model": state["model_args"]["name"],
                    "dataset": data.name, "device": str(dev)})
     return result

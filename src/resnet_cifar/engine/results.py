@@ -72,7 +72,7 @@ def final_evaluation(model: torch.nn.Module, evaluator, splits, *, tta: bool, cl
         "eval_split": eval_split if test is not None else None,
         "eval_acc": test["acc"] if test else None, "eval_loss": test["loss"] if test else None,
         "eval_acc_tta": tta_r["acc"] if tta_r else None,
-        "per_class_acc": dict(zip(classes, test["per_class_acc"])) if test else None,
+        "per_class_acc": dict(zip(classes, test["per_class_acc"], strict=True)) if test else None,
     }
     predictions = None
     if test is not None:

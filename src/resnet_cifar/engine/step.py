@@ -63,7 +63,7 @@ def train_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor, n_global: int, lr
     """
     set_lr(s.optimizer, lr)
     scale = s.world.size / n_global
-    chunks = [(xm, ym) for xm, ym in zip(x.tensor_split(s.accum_steps), y.tensor_split(s.accum_steps)) if len(ym)]
+    chunks = [(xm, ym) for xm, ym in zip(x.tensor_split(s.accum_steps), y.tensor_split(s.accum_steps), strict=True) if len(ym)]
     loss_total = torch.zeros((), device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
     for i, (xm, ym) in enumerate(chunks):
@@ -115,7 +115,7 @@ def guarded_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor, n_global: int, 
         if not auto or updating or micro <= 1:
             raise WorkError(oom_message(batch_size, s.accum_steps, micro, step_number, s.world))
         with torch.no_grad():
-            for b, saved in zip(buffers, saved_buffers):
+            for b, saved in zip(buffers, saved_buffers, strict=True):
                 b.copy_(saved)
         s.accum_steps *= 2
         log(f"out of memory with a micro-batch of {micro}: --auto-batch continues with "

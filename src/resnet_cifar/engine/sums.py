@@ -67,4 +67,4 @@ class Sums:
 
     def as_dict(self) -> dict[str, float]:
         """The three values as floats (one host-device sync)."""
-        return dict(zip(FIELDS, self.values.tolist()))
+        return dict(zip(FIELDS, self.values.tolist(), strict=True))
