@@ -109,7 +109,7 @@ def main() -> None:
         elif name == "compile":
             v[name] = make_ours(data, args, compile="on")
         elif name == "baseline":
-            v[name] = bench._Baseline(data.train_x, data.train_y, model_name=args.model, num_classes=10, width=1.0,
+            v[name] = bench.Baseline(data.train_x, data.train_y, model_name=args.model, num_classes=10, width=1.0,
                                       batch_size=args.batch_size, mean=data.mean, std=data.std,
                                       device=torch.device("cpu"), workers=min(4, os.cpu_count() or 1))
         elif name == "bare":
