@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import TINY, tiny_dataset, write_png_folder
+from helpers import TINY, tiny_dataset, write_png_folder
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar import distributed as distm
 from resnet_cifar import engine

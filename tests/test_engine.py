@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import TINY, tiny_dataset
+from helpers import TINY, tiny_dataset
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar import engine
 from resnet_cifar.config import resolve

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_png_folder
+from helpers import write_png_folder
 
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar.cli import main

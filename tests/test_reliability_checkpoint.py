@@ -22,7 +22,7 @@ import torch
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar import engine
 from resnet_cifar.errors import CheckpointError, UsageError
-from test_reliability_support import (assert_one_line_error, run_main, tiny_config, tiny_dataset, train_argv,
+from reliability_helpers import (assert_one_line_error, run_main, tiny_config, tiny_dataset, train_argv,
                                       write_folder)
 
 

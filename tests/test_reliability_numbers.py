@@ -15,7 +15,7 @@ from resnet_cifar import engine
 from resnet_cifar.errors import WorkError
 from resnet_cifar.models.resnet import CifarResNet
 from resnet_cifar.progress import Silent
-from test_reliability_support import (all_finite, assert_one_line_error, assert_same_tensors, run_main,
+from reliability_helpers import (all_finite, assert_one_line_error, assert_same_tensors, run_main,
                                       tiny_config, tiny_dataset, train_argv, write_folder)
 
 REAL_FORWARD = CifarResNet.forward
