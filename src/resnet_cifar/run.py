@@ -20,7 +20,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from . import distributed
+from . import data as data_mod
+from . import distributed, engine, runtime
 from .config import Config, from_dict
 from .errors import UsageError
 from .progress import Silent
@@ -93,17 +94,11 @@ def take_run_dir(plan: Plan) -> None:
     distributed.mark_run_dir(plan.out)
 
 
-def load_resume_state(run_dir: str | Path) -> dict:
-    from .engine import load_resume_state as load
-
-    return load(run_dir)
-
-
 def restart_state(run_dir: Path, cfg: Config) -> dict | None:
     """Under a torchrun restart: the run's checkpoints/last.pt (None when it has none yet)."""
     if not (run_dir / "checkpoints" / "last.pt").is_file():
         return None
-    state = load_resume_state(run_dir)
+    state = engine.load_resume_state(run_dir)
     if state.get("config") != cfg.to_dict():
         raise UsageError(f"torchrun restart: {str(run_dir)!r} holds a run with another config; "
                          "not resuming it (choose another --out)")
@@ -114,7 +109,7 @@ def restart_state(run_dir: Path, cfg: Config) -> dict | None:
 def plan_resume(run_dir: str | Path, *, device: str | None = None, world=None) -> Plan:
     """Continue the run in run_dir with its saved config (only the device may change)."""
     world = world or distributed.World()
-    state = distributed.on_main(lambda: load_resume_state(run_dir), world)
+    state = distributed.on_main(lambda: engine.load_resume_state(run_dir), world)
     saved = dict(state["config"])
     if device:
         saved["device"] = device
@@ -150,9 +145,6 @@ def train(cfg: Config | None = None, *, resume: str | Path | None = None, device
           on_result: Callable[[dict, Path], None] | None = None) -> Plan:
     """Train `cfg` (one run per seed with seeds), or continue the run in `resume`; returns the plan with
     every run's results (and the seeds' summary). on_result(results, run_dir): after each run, rank 0."""
-    from . import runtime
-    from .engine import setup
-
     world = world or distributed.world_from_env()
     progress = progress or Silent()
     with distributed.process_group(world):  # first: every decision below is made once, on rank 0, and shared
@@ -162,7 +154,7 @@ def train(cfg: Config | None = None, *, resume: str | Path | None = None, device
             plan = plan_new(cfg, seeds=seeds, overwrite=overwrite, world=world, log=progress.log)
         first = plan.runs[0].cfg
         runtime.configure_threads()
-        setup(first, world)  # the device, flags and the world's refusals, before any data is loaded
+        engine.setup(first, world)  # the device, flags and the world's refusals, before any data is loaded
         data = _load_data(first, world, progress.log)
         if world.is_main:
             take_run_dir(plan)
@@ -177,8 +169,6 @@ def train(cfg: Config | None = None, *, resume: str | Path | None = None, device
 
 
 def _train_one(r: Planned, data, world, progress, on_result) -> None:
-    from . import engine
-
     r.results = engine.fit(r.cfg, data, r.run_dir, progress=progress, resume_state=r.state, world=world)
     if world.is_main:
         if on_result is not None:
@@ -188,8 +178,6 @@ def _train_one(r: Planned, data, world, progress, on_result) -> None:
 
 
 def _load_data(cfg: Config, world, log):
-    from . import data as data_mod
-
     return distributed.main_first(lambda: data_mod.load_dataset(
         cfg.dataset, cfg.data_dir, download=cfg.download and cfg.dataset != "folder", log=log), world)
 
@@ -218,8 +206,6 @@ def build_report(run_dir: Path, log: Callable[[str], None], data=None) -> None:
 
 def write_seed_summary(out: Path, all_results) -> dict:
     """summary.json over (seed, run_dir, results): test accuracy (else best validation) mean and std."""
-    from .engine import write_json
-
     metric = "test_acc" if all(r["test_acc"] is not None for _, _, r in all_results) else "best_val_acc"
     values = [r[metric] for _, _, r in all_results if r[metric] is not None]
     summary = {
@@ -229,5 +215,5 @@ def write_seed_summary(out: Path, all_results) -> dict:
         "mean": statistics.fmean(values) if values else None,
         "std": statistics.stdev(values) if len(values) > 1 else 0.0,
     }
-    write_json(out / "summary.json", summary)
+    engine.write_json(out / "summary.json", summary)
     return summary
