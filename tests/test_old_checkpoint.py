@@ -27,7 +27,17 @@ OLD = Path(__file__).parent / "fixtures" / "old_last.pt"
 
 @pytest.fixture
 def old_run(tmp_path, monkeypatch):
+    # The fixture was trained on one thread; CPU convolutions round differently on two, so the
+    # bitwise comparison below pins one thread (OMP_NUM_THREADS keeps `configure_threads` off it).
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
+    yield from _old_run(tmp_path)
+    torch.set_num_threads(threads)
+
+
+def _old_run(tmp_path):
     write_png_folder(tmp_path / "data", n_per_class=8, num_classes=3, test_per_class=2)
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     shutil.copy(OLD, tmp_path / "run" / "checkpoints" / "last.pt")
@@ -35,7 +45,7 @@ def old_run(tmp_path, monkeypatch):
     # only last.pt is kept in the repository.
     assert ckpt.load(OLD)["best"] == {"val_acc": pytest.approx(2 / 3), "epoch": 1, "source": "raw"}
     shutil.copy(OLD, tmp_path / "run" / "checkpoints" / "best.pt")
-    return tmp_path / "run"
+    yield tmp_path / "run"
 
 
 def test_the_old_checkpoint_evaluates_to_the_accuracy_it_recorded(old_run, capsys):
