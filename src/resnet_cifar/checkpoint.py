@@ -135,8 +135,7 @@ def _verify_zip(p: Path) -> None:
                               "copy); use another checkpoint (e.g. checkpoints/best.pt or an earlier copy)") from None
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Safely load a checkpoint file written by `save`; every failure is one CheckpointError line."""
+def _resolve(path: str | Path) -> Path:
     p = Path(path)
     if not p.exists():
         raise UsageError(f"checkpoint {str(p)!r} does not exist; pass a .pt file or a run directory")
@@ -147,11 +146,17 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         p = candidate
     if p.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {str(p)!r} is empty (an interrupted copy?); use another checkpoint")
+    return p
+
+
+def read(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path, Any]:
+    """(the file, its content) read safely: CRCs checked, torch.load(weights_only=True), one-line errors."""
+    p = _resolve(path)
     _verify_zip(p)
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
-            state = torch.load(p, map_location=map_location, weights_only=True)
+            return p, torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = first_line(e, 160, "unsupported content")
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "Unsupported operand" in str(e):
@@ -163,8 +168,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
             TypeError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {str(p)!r} is truncated or corrupt ({first_line(e, 160, type(e).__name__)}); "
                               "use another checkpoint (e.g. checkpoints/best.pt or an earlier copy)") from None
+
+
+def _ours(state: Any, p: Path, hint: str = "") -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{str(p)!r} is not a resnet-cifar checkpoint (no '{FORMAT}' format tag)")
+        raise CheckpointError(f"{str(p)!r} is not a resnet-cifar checkpoint (no '{FORMAT}' format tag){hint}")
     for key, kind in (("model", dict), ("model_args", dict), ("classes", (list, tuple)), ("mean", (list, tuple)),
                       ("std", (list, tuple))):
         if key not in state:
@@ -174,6 +182,50 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
                                   f"({type(state[key]).__name__}); it is corrupt or from another tool")
     state["path"] = str(p)
     return state
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Safely load a checkpoint file written by `save`; every failure is one CheckpointError line."""
+    p, state = read(path, map_location)
+    return _ours(state, p)
+
+
+def is_ours(state: Any) -> bool:
+    return isinstance(state, dict) and state.get("format") == FORMAT
+
+
+def load_any(path: str | Path, *, model: str | None = None, mean=None, std=None,
+             stats_required: bool = True) -> dict[str, Any]:
+    """A resnet-cifar checkpoint, or another tool's (`foreign.convert`: kuangliu/pytorch-cifar,
+    a state_dict of a registry model, ...) in the same shape; `model`/`mean`/`std` name what a
+    foreign file does not say. Ours carry their own and refuse a different --model."""
+    from . import foreign
+
+    p, raw = read(path)
+    if not is_ours(raw):
+        return foreign.convert(raw, str(p), model=model, mean=mean, std=std, stats_required=stats_required)
+    state = _ours(raw, p)
+    if mean is not None or std is not None:
+        raise UsageError(f"{str(p)!r} is a resnet-cifar checkpoint: it carries its own mean/std; drop --mean/--std "
+                         "(they are for other tools' checkpoints)")
+    name = state["model_args"].get("name")
+    if model is not None and model != name:
+        raise UsageError(f"{str(p)!r} is a resnet-cifar checkpoint of {name!r}, not {model!r}; drop --model "
+                         "(it is for other tools' checkpoints) or pass the matching one")
+    return state
+
+
+def init_weights_from(model: torch.nn.Module, path: str | Path, name: str) -> None:
+    """Load the weights of checkpoint `path` (ours or another tool's) into `model` (registry `name`);
+    a mismatch is one line naming the first differing key."""
+    from .foreign import first_difference
+
+    state = load_any(path, model=name, stats_required=False)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    diff = first_difference(expected, state["model"])
+    if diff:
+        raise CheckpointError(f"--init-from {str(path)!r} does not fit --model {name} here: {diff}")
+    model.load_state_dict(state["model"], strict=False)  # strict up to num_batches_tracked of old files
 
 
 def build_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu",

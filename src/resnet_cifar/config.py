@@ -18,7 +18,8 @@ from typing import Any
 from .constants import DATASETS
 from .errors import UsageError, first_line
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "sam")          # sam: SAM over SGD (optim.SAM)
+AUTO_AUGMENTS = ("off", "autoaugment", "randaugment", "trivialaugment")  # data.policies
 SCHEDULERS = ("plateau", "cosine", "onecycle", "multistep", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")    # the one list (runtime.pick_device, every --device flag)
@@ -66,12 +67,25 @@ class Config:
     pad_mode: str = option("reflect", "data", "how the crop's padding is filled", choices=PAD_MODES)
     flip: bool = option(True, "data", "random horizontal flips")
     cutout: int = option(0, "data", "side of a zeroed square per image (0 = off)", metavar="SIZE", ge=0, le=32)
+    auto_augment: str = option("off", "data", "augmentation policy per image, torchvision's (autoaugment: the "
+                                              "CIFAR-10 policy)", choices=AUTO_AUGMENTS)
+    ra_num_ops: int = option(2, "data", "randaugment: ops per image (N)", metavar="N", ge=1, le=8)
+    ra_magnitude: int = option(9, "data", "randaugment: magnitude bin (M, of 0..30)", metavar="M", ge=0, le=30)
+    random_erase: float = option(0.0, "data", "random erasing: probability per image (0 = off)", metavar="P",
+                                 ge=0, le=1)
+    mixup_alpha: float = option(0.0, "data", "mixup's Beta(alpha, alpha) (0 = off)", metavar="A", ge=0)
+    cutmix_alpha: float = option(0.0, "data", "cutmix's Beta(alpha, alpha) (0 = off; with mixup: one of the two "
+                                              "per batch)", metavar="A", ge=0)
     # --- model
     model: str = option("resnet18", "model", "architecture; `resnet-cifar summary --help` lists them",
                         metavar="NAME")
     width: float = option(1.0, "model", "channel multiplier (1.0 = reference; tiny models for tests)", ge=0, gt=0,
                           le=64, note=" (a channel multiplier: 1.0 = reference, 10 = very wide)")
     zero_init_residual: bool = option(False, "model", "start each residual block's last BN at zero")
+    dropout: float = option(0.0, "model", "dropout between the two convolutions of each block (wrn* models)",
+                            metavar="P", ge=0, lt=1)
+    init_from: str = option("", "model", "start from these weights (a resnet-cifar checkpoint, a "
+                                         "kuangliu/pytorch-cifar file or a state_dict of --model)", metavar="CKPT")
     # --- optimisation
     epochs: int = option(250, "optimisation", "training epochs", ge=1)
     batch_size: int = option(128, "optimisation", "GLOBAL batch per optimizer step = per-device batch x devices "
@@ -81,6 +95,9 @@ class Config:
     lr: float = option(0.1, "optimisation", "peak learning rate (after warm-up)", ge=0, gt=0)
     momentum: float = option(0.9, "optimisation", "SGD momentum", ge=0, lt=1)
     nesterov: bool = option(False, "optimisation", "Nesterov momentum (SGD)")
+    sam_rho: float = option(0.05, "optimisation", "--optimizer sam: radius of the ascent step", metavar="R", gt=0)
+    clip_grad_norm: float = option(0.0, "optimisation", "clip the gradient's global L2 norm to this (0 = off)",
+                                   metavar="X", ge=0)
     weight_decay: float = option(5e-4, "optimisation", "L2 weight decay", ge=0)
     no_bn_decay: bool = option(False, "optimisation", "weight decay on BN parameters and biases too "
                                                       "(--no-bn-decay: not on them)",
@@ -257,7 +274,7 @@ def from_dict(values: dict[str, Any]) -> Config:
 
 def validate(cfg: Config) -> None:
     """Every value checked before any work starts; one line per problem, naming the fix."""
-    from .models import list_models
+    from .models import dropout_models, list_models
 
     def need(ok: bool, message: str):
         if not ok:
@@ -288,7 +305,12 @@ def validate(cfg: Config) -> None:
          "keep a validation split or choose --scheduler cosine|onecycle|multistep|constant")
     need(all(0 < m < 1 for m in cfg.milestones),
          f"milestones are fractions of the epochs in (0, 1), got {cfg.milestones}")
-    need(cfg.optimizer != "adamw" or not cfg.nesterov, "--nesterov applies to --optimizer sgd only")
+    need(cfg.optimizer != "adamw" or not cfg.nesterov, "--nesterov applies to --optimizer sgd|sam only")
+    need(cfg.optimizer != "sam" or cfg.amp != "fp16",
+         "--optimizer sam cannot run under --amp fp16 (its two passes and the loss scaler); use --amp bf16 or off")
+    need(cfg.dropout == 0 or cfg.model in dropout_models(),
+         f"--dropout applies to the wide nets ({', '.join(dropout_models())}), not {cfg.model}; drop it or "
+         "choose one of them")
     if cfg.swa:
         start = swa_start_epoch(cfg)
         need(1 <= start <= cfg.epochs,

@@ -136,15 +136,17 @@ def _write_atomic(out: Path, data: bytes) -> None:
 
 
 def export(checkpoint: str | Path, out: str | Path, fmt: str | None = None, *, check_batch: int = 5,
-           seed: int = 0, atol: float = ATOL, rtol: float = RTOL) -> dict[str, Any]:
+           seed: int = 0, atol: float = ATOL, rtol: float = RTOL, model: str | None = None, mean=None,
+           std=None) -> dict[str, Any]:
     """Export `checkpoint` to `out`; returns {"format", "out", "bytes", "max_abs_diff", "tolerance", ...}.
 
     Raises UsageError for a bad format or a missing ONNX extra, WorkError when the export fails
     or the reloaded model differs from PyTorch by more than atol + rtol * max|logit|.
+    model/mean/std: for another tool's checkpoint (`checkpoint.load_any`).
     """
     import json
 
-    from .checkpoint import build_from_checkpoint, load
+    from .checkpoint import build_from_checkpoint, load_any
     from .data.loader import normalize
 
     out = Path(out)
@@ -153,7 +155,7 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str | None = None, *, c
         _require_onnx()
     if out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a directory; give a file name (e.g. model.{'onnx' if fmt == 'onnx' else 'ts'})")
-    state = load(checkpoint, map_location="cpu")
+    state = load_any(checkpoint, model=model, mean=mean, std=std)
     model = build_from_checkpoint(state, device="cpu")
     meta = {"resnet_cifar.classes": json.dumps([str(c) for c in state["classes"]]),
             "resnet_cifar.mean": json.dumps([float(v) for v in state["mean"]]),

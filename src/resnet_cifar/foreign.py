@@ -120,7 +120,9 @@ def infer(sd: dict[str, torch.Tensor], where: str, model: str | None = None) -> 
                           f"(closest {best[1]}: {best[2]}); pass --model NAME")
 
 
-def _stats(values, what: str, where: str) -> tuple[float, float, float]:
+def _stats(values, what: str) -> tuple[float, float, float]:
+    if isinstance(values, str):
+        values = values.split(",")
     try:
         out = tuple(float(v) for v in values)
     except (TypeError, ValueError):
@@ -132,27 +134,34 @@ def _stats(values, what: str, where: str) -> tuple[float, float, float]:
     return out
 
 
+def _normalisation(mean, std, known: dict, where: str, required: bool) -> tuple[list | None, list | None]:
+    """The given mean/std, else the tool's own; for a plain state_dict they must be given (or None
+    when not `required`)."""
+    if (mean is None or std is None) and not known:
+        if required:
+            raise UsageError(f"{where} is a plain state_dict: its normalisation is unknown; pass --mean m1,m2,m3 "
+                             "--std s1,s2,s3 (the values it was trained with)")
+        return None, None
+    return (list(_stats(mean if mean is not None else known["mean"], "mean")),
+            list(_stats(std if std is not None else known["std"], "std")))
+
+
 def convert(obj: Any, where: str, *, model: str | None = None, mean=None, std=None,
-            classes=None) -> dict[str, Any]:
+            classes=None, stats_required: bool = True) -> dict[str, Any]:
     """A foreign checkpoint as the state `checkpoint.load` returns: model, model_args, classes,
-    mean, std (and `foreign`: the tool, `path`: where). Nothing is built here."""
+    mean, std (and `foreign`: the tool, `path`: where). Nothing is built here. stats_required=False
+    (weights only, e.g. --init-from): unknown statistics are None instead of an error."""
     sd, tool = unwrap(obj, where)
     name, num_classes, width = infer(sd, where, model)
-    known = TOOLS.get(tool, {})
-    if (mean is None or std is None) and not known:
-        raise UsageError(f"{where} is a plain state_dict: its normalisation is unknown; pass --mean m1,m2,m3 "
-                         "--std s1,s2,s3 (the values it was trained with)")
-    mean = _stats(mean if mean is not None else known["mean"], "mean", where)
-    std = _stats(std if std is not None else known["std"], "std", where)
+    mean, std = _normalisation(mean, std, TOOLS.get(tool, {}), where, stats_required)
     if classes is None:
         classes = list(CIFAR10_CLASSES) if num_classes == 10 else [f"class_{i}" for i in range(num_classes)]
     if len(classes) != num_classes:
         raise UsageError(f"{where} has {num_classes} outputs, but {len(classes)} class names were given")
     expected = _meta_state(name, num_classes, width)
-    state = {k: v for k, v in sd.items()}
+    state = dict(sd)
     for k in expected:
         if k not in state:  # num_batches_tracked of old files
             state[k] = torch.tensor(0, dtype=torch.long)
     return {"model": state, "model_args": {"name": name, "num_classes": num_classes, "width": width},
-            "classes": list(classes), "mean": list(mean), "std": list(std), "foreign": tool or "state_dict",
-            "path": where}
+            "classes": list(classes), "mean": mean, "std": std, "foreign": tool or "state_dict", "path": where}

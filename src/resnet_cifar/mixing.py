@@ -57,6 +57,14 @@ class MixedTarget:
     def dominant(self) -> torch.Tensor:
         return self.y if self.lam >= 0.5 else self.y_b
 
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def tensor_split(self, sections: int) -> list["MixedTarget"]:
+        """Micro-batches of the labels (same lam), as Tensor.tensor_split splits the images."""
+        return [MixedTarget(a, b, self.lam)
+                for a, b in zip(self.y.tensor_split(sections), self.y_b.tensor_split(sections), strict=True)]
+
 
 def draw(mixing: Mixing, seed: int, epoch: int, batch: int, h: int = 32, w: int = 32) -> MixParams:
     """The mixing of batch `batch` of `epoch`: a pure function of its arguments."""

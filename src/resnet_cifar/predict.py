@@ -57,14 +57,15 @@ def classify(model: torch.nn.Module, pixels: np.ndarray | torch.Tensor, mean, st
 
 
 def predict_files(checkpoint: str | Path, images: list[str | Path], *, topk: int = 3,
-                  device: str = "auto") -> dict[str, Any]:
+                  device: str = "auto", model: str | None = None, mean=None, std=None) -> dict[str, Any]:
     """Top-k classes for each image file.
 
     Returns {"checkpoint", "model", "classes", "device", "predictions": [{"file", "top":
     [{"class", "index", "prob"}], "resized", "error"}]} with predictions in the order of `images`;
-    a failed file has "top": [] and its error line.
+    a failed file has "top": [] and its error line. model/mean/std: for another tool's checkpoint
+    (`checkpoint.load_any`).
     """
-    from .checkpoint import build_from_checkpoint, load
+    from .checkpoint import build_from_checkpoint, load_any
     from .runtime import pick_device
 
     if topk < 1:
@@ -72,7 +73,7 @@ def predict_files(checkpoint: str | Path, images: list[str | Path], *, topk: int
     if not images:
         raise UsageError("no images given; pass one or more image files after the checkpoint")
     dev = pick_device(device)
-    state = load(checkpoint, map_location="cpu")
+    state = load_any(checkpoint, model=model, mean=mean, std=std)
     model = build_from_checkpoint(state, device=dev)
     classes = [str(c) for c in state["classes"]]
     mean, std = tuple(float(v) for v in state["mean"]), tuple(float(v) for v in state["std"])

@@ -22,6 +22,19 @@ def add_device_flag(p: argparse.ArgumentParser) -> None:
                    help="where to run (auto: CUDA when available)")
 
 
+def add_foreign_flags(p: argparse.ArgumentParser) -> None:
+    """--model/--mean/--std: what another tool's checkpoint (kuangliu/pytorch-cifar, a state_dict) does not say."""
+    g = p.add_argument_group("another tool's checkpoint (kuangliu/pytorch-cifar {'net': ...}, a plain state_dict)")
+    g.add_argument("--model", metavar="NAME", help="its architecture (default: inferred from its keys and shapes)")
+    g.add_argument("--mean", metavar="M1,M2,M3", help="the per-channel mean it was trained with "
+                                                     "(default: that tool's own; required for a plain state_dict)")
+    g.add_argument("--std", metavar="S1,S2,S3", help="the per-channel std it was trained with (as --mean)")
+
+
+def foreign_kwargs(args) -> dict:
+    return {"model": args.model, "mean": args.mean, "std": args.std}
+
+
 def stderr_log(message: str) -> None:
     import sys
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..constants import DATASETS
-from .common import add_device_flag, stderr_log
+from .common import add_device_flag, add_foreign_flags, foreign_kwargs, stderr_log
 
 
 def add_parser(sub) -> None:
@@ -18,6 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_device_flag(p)
+    add_foreign_flags(p)
     p.set_defaults(run=run)
 
 
@@ -30,7 +31,7 @@ def run(args) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     runtime.keep_host_memory(device=runtime.pick_device(args.device))
-    state = checkpoint.load(args.checkpoint)
+    state = checkpoint.load_any(args.checkpoint, **foreign_kwargs(args))
     saved = state.get("config", {})
     dataset = args.dataset or saved.get("dataset", "cifar10")
     data_dir = args.data_dir or saved.get("data_dir", "data")

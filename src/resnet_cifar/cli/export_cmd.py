@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from .common import add_foreign_flags, foreign_kwargs
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
@@ -18,6 +20,7 @@ def add_parser(subparsers):
                    help="default: from --out's suffix (.onnx, or .ts/.pt for TorchScript)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_foreign_flags(p)
     p.set_defaults(run=run)
     return p
 
@@ -25,7 +28,7 @@ def add_parser(subparsers):
 def run(args) -> int:
     from ..export import export
 
-    r = export(args.checkpoint, args.out, args.format)
+    r = export(args.checkpoint, args.out, args.format, **foreign_kwargs(args))
     if args.json:
         print(json.dumps(r))
         return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from .common import add_foreign_flags, foreign_kwargs
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
@@ -21,6 +23,7 @@ def add_parser(subparsers):
                    help='print one JSON object {"predictions": [{"file", "top": [{"class", "prob"}], "error"}]}')
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="where to run (auto: CUDA when available)")
+    add_foreign_flags(p)
     p.set_defaults(run=run)
     return p
 
@@ -35,7 +38,7 @@ def format_line(p: dict) -> str:
 def run(args) -> int:
     from ..predict import predict_files
 
-    result = predict_files(args.checkpoint, args.images, topk=args.topk, device=args.device)
+    result = predict_files(args.checkpoint, args.images, topk=args.topk, device=args.device, **foreign_kwargs(args))
     failed = [p for p in result["predictions"] if p["error"]]
     if args.json:
         print(json.dumps(result))

@@ -18,6 +18,9 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from ..mixing import Mixing, draw, mix
+from .augment import StrongAugment, after_normalize, before_normalize, plan_strong
+
 
 @dataclass(frozen=True)
 class Augment:
@@ -120,7 +123,8 @@ class DeviceLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, mean, std,
                  seed: int = 0, augment: Augment = NO_AUGMENT, shuffle: bool = True,
                  channels_last: bool = True, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str | None = None):
+                 device: torch.device | str | None = None, strong: StrongAugment | None = None,
+                 mixing: Mixing | None = None):
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"expected uint8 images (N,3,H,W), got {x.dtype} {tuple(x.shape)}")
         device = torch.device(device) if device is not None else x.device
@@ -134,6 +138,10 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
         self.device = device
+        # Policy / random erasing (data/augment.py) and mixup/cutmix (mixing.py): None when off,
+        # so the default path does no extra work.
+        self.strong = strong if strong is not None and strong.enabled else None
+        self.mixing = mixing if mixing is not None and mixing.enabled else None
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)  # ceil: the last, smaller batch is kept
@@ -142,23 +150,36 @@ class DeviceLoader:
     def num_images(self) -> int:
         return len(self.x)
 
+    def _positions(self, b: int, device) -> torch.Tensor:
+        """Epoch positions of batch b (this rank's contiguous share of it)."""
+        pos = torch.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.x)), device=device)
+        return pos.tensor_split(self.world_size)[self.rank] if self.world_size > 1 else pos
+
     def batches(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """Yield (batch_index, images, labels) for `epoch`, starting at batch `start`."""
+        """Yield (batch_index, images, labels) for `epoch`, starting at batch `start`.
+
+        With mixup/cutmix on, labels are a `mixing.MixedTarget` (both labels and the weight)."""
         plan = plan_epoch(len(self.x), self.seed, epoch, self.augment, self.shuffle)
         a = self.augment
         to_dev = {k: getattr(plan, k).to(self.device, non_blocking=True) for k in ("order", "dx", "dy", "flip", "cy", "cx")}
+        strong = (plan_strong(len(self.x), epoch_seed(self.seed, epoch), self.strong, self.device, *self.x.shape[-2:])
+                  if self.strong is not None else None)
         for b in range(start, len(self)):
-            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
-            pos = torch.arange(sl.start, min(sl.stop, len(self.x)), device=self.device)
-            if self.world_size > 1:
-                pos = pos.tensor_split(self.world_size)[self.rank]
+            pos = self._positions(b, self.device)
             idx = to_dev["order"][pos]
             x = self.x[idx]
             x = random_crop(x, to_dev["dx"][pos], to_dev["dy"][pos], a.crop_padding, a.pad_mode)
             x = random_flip(x, to_dev["flip"][pos]) if a.flip else x
+            if strong is not None:
+                x = before_normalize(x, strong, pos, self._positions(b, "cpu"))
             x = normalize(x, self.mean, self.std, self.channels_last)
             x = cutout(x, to_dev["cy"][pos], to_dev["cx"][pos], a.cutout)
-            yield b, x, self.y[idx]
+            if strong is not None:
+                x = after_normalize(x, strong, pos)
+            y = self.y[idx]
+            if self.mixing is not None:
+                x, y = mix(x, y, draw(self.mixing, self.seed, epoch, b, *x.shape[-2:]))
+            yield b, x, y
 
     def __iter__(self):
         for _, x, y in self.batches(0):

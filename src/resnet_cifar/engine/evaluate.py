@@ -84,12 +84,15 @@ class Evaluator:
                         return_probs=return_probs)
 
 
-def _split_of(cfg, data: Dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _split_of(cfg, data: Dataset, split: str, foreign: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     if split == "test":
         if data.test_x is None:
             raise UsageError(f"dataset {data.name!r} at {cfg.data_dir!r} has no test split; "
                              "use --split val (or add DIR/test/<class>/ images)")
         return data.test_x, data.test_y
+    if foreign:
+        raise UsageError("a checkpoint of another tool has no run config to rebuild its validation split from; "
+                         "use --split test")
     if cfg.val_size == 0:
         raise UsageError("this run had no validation split (--val-size 0); use --split test")
     _, val_idx = train_val_split(data.train_y, cfg.val_size, cfg.seed)
@@ -99,13 +102,18 @@ def _split_of(cfg, data: Dataset, split: str) -> tuple[torch.Tensor, torch.Tenso
 def evaluate_checkpoint(state: dict, data: Dataset, *, split: str = "test", tta: bool = False,
                         device: str = "auto", batch_size: int | None = None) -> dict:
     """Evaluate a loaded checkpoint on the test split, or on the validation split it was chosen on
-    (rebuilt from the run's own val_size and seed, so it is the very same images)."""
+    (rebuilt from the run's own val_size and seed, so it is the very same images). Another tool's
+    checkpoint (`checkpoint.load_any`) runs with the default settings; its class names are the
+    dataset's when the number of outputs matches (such files do not name them)."""
     from .. import checkpoint as ckpt
-    from ..config import from_dict
+    from ..config import Config, from_dict
 
-    cfg = from_dict(state["config"])
+    foreign = "config" not in state and state.get("foreign") is not None
+    cfg = Config() if foreign else from_dict(state["config"])
+    if foreign and len(state["classes"]) == data.num_classes:
+        state = {**state, "classes": list(data.classes)}
     dev = runtime.pick_device(device)
-    x, y = _split_of(cfg, data, split)
+    x, y = _split_of(cfg, data, split, foreign)
     if list(state["classes"]) != list(data.classes):
         raise UsageError(f"the classes of checkpoint {state.get('path', '')!r} {list(state['classes'])[:5]}... differ "
                          f"from the dataset's {list(data.classes)[:5]}...; evaluate on the dataset the model was "

@@ -9,13 +9,19 @@ from dataclasses import dataclass
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from .. import checkpoint as ckpt
 from .. import distributed as distm
 from .. import runtime
 from ..config import Config, swa_start_epoch
 from ..data import Dataset
+from ..data.augment import StrongAugment
 from ..data.loader import Augment, DeviceLoader
+from ..data.policies import Policy
 from ..data.split import stratified_subset, train_val_split
+from ..errors import UsageError
+from ..mixing import Mixing
 from ..models import build_model, count_parameters
+from ..optim import SAM
 from ..schedule import LRSchedule
 from .evaluate import Evaluator
 from .step import StepSetup
@@ -53,6 +59,17 @@ def augment_from(cfg: Config) -> Augment:
     return Augment(crop_padding=cfg.crop_padding, pad_mode=cfg.pad_mode, flip=cfg.flip, cutout=cfg.cutout)
 
 
+def strong_augment_from(cfg: Config) -> StrongAugment:
+    """The policy (--auto-augment, --ra-*) and random erasing of a config; `.enabled` False when off."""
+    policy = (None if cfg.auto_augment == "off"
+              else Policy(cfg.auto_augment, num_ops=cfg.ra_num_ops, magnitude=cfg.ra_magnitude))
+    return StrongAugment(policy, cfg.random_erase)
+
+
+def mixing_from(cfg: Config) -> Mixing:
+    return Mixing(cfg.mixup_alpha, cfg.cutmix_alpha)
+
+
 def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
     if not cfg.no_bn_decay:
         return [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
@@ -68,11 +85,16 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) ->
     groups = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **extra)
+    if cfg.optimizer == "sam":
+        return SAM(groups, torch.optim.SGD, rho=cfg.sam_rho, lr=cfg.lr, momentum=cfg.momentum,
+                   nesterov=cfg.nesterov, **extra)
     return torch.optim.AdamW(groups, lr=cfg.lr, **extra)
 
 
 def make_model(cfg: Config, num_classes: int, device: torch.device, world: distm.World) -> torch.nn.Module:
-    model = build_model(cfg.model, num_classes, cfg.width, cfg.zero_init_residual)
+    model = build_model(cfg.model, num_classes, cfg.width, cfg.zero_init_residual, dropout=cfg.dropout)
+    if cfg.init_from:
+        ckpt.init_weights_from(model, cfg.init_from, cfg.model)
     if cfg.sync_bn and world.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -115,9 +137,13 @@ def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.W
     world = world or distm.World()
     amp = runtime.resolve_amp(cfg.amp, device)
     splits = make_splits(cfg, data, device)
+    if cfg.optimizer == "sam" and amp == "fp16":
+        raise UsageError("--optimizer sam cannot run under fp16 (this GPU has no bf16, so --amp auto chose fp16); "
+                         "pass --amp off")
     loader = DeviceLoader(splits.train_x, splits.train_y, batch_size=cfg.batch_size, mean=data.mean, std=data.std,
                           seed=cfg.seed, augment=augment_from(cfg), channels_last=cfg.channels_last,
-                          rank=world.rank, world_size=world.size)
+                          rank=world.rank, world_size=world.size, strong=strong_augment_from(cfg),
+                          mixing=mixing_from(cfg))
     distm.validate_last_batch(loader.num_images, cfg.batch_size, cfg.accum_steps, world)
     model = make_model(cfg, data.num_classes, device, world)
     optimizer = make_optimizer(model, cfg, device)
@@ -127,7 +153,7 @@ def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.W
            if cfg.ema > 0 else None)
     step = StepSetup(model=model, optimizer=optimizer, scaler=scaler, amp_ctx=amp_ctx,
                      label_smoothing=cfg.label_smoothing, accum_steps=cfg.accum_steps, world=world, ema=ema,
-                     raw=model)
+                     raw=model, clip_grad_norm=cfg.clip_grad_norm)
     evaluator = Evaluator(tuple(data.mean), tuple(data.std), cfg.eval_batch_size, amp_ctx, cfg.channels_last,
                           data.num_classes)
     return Parts(device=device, amp=amp, splits=splits, loader=loader, model=model, optimizer=optimizer,

@@ -12,6 +12,7 @@ with --auto-batch, a retry with the micro-batch halved.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 
 from .. import distributed as distm
 from ..errors import WorkError
+from ..mixing import hard_labels, mixed_loss
+from ..optim import SAM, frozen_bn_stats
 from .sums import Sums
 
 
@@ -36,6 +39,7 @@ class StepSetup:
     world: distm.World = field(default_factory=distm.World)
     ema: torch.nn.Module | None = None    # an AveragedModel updated after every step
     raw: torch.nn.Module | None = None    # the unwrapped model EMA averages (default: model)
+    clip_grad_norm: float = 0.0           # clip the gradient's global L2 norm (after unscaling); 0 = off
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -53,35 +57,66 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr
 
 
-def train_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor, n_global: int, lr: float) -> StepOutput:
-    """One optimizer step over a (rank's share of a) global batch, in `s.accum_steps` micro-batches.
+def _passes(s: StepSetup, chunks, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward/backward over the micro-batches (`no_sync` on all but the last under DDP).
 
-    The loss of each micro-batch is its *sum* divided by the global batch size, so the accumulated
-    gradient equals that of one big batch exactly (also for an uneven last batch). DDP averages
-    gradients over ranks, hence the factor world.size. An out-of-memory error raised once the
-    update has begun carries `during_update = True` (the step cannot be redone then).
-    """
-    set_lr(s.optimizer, lr)
-    scale = s.world.size / n_global
-    chunks = [(xm, ym) for xm, ym in zip(x.tensor_split(s.accum_steps), y.tensor_split(s.accum_steps), strict=True) if len(ym)]
-    loss_total = torch.zeros((), device=x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    Labels are class indices or a `mixing.MixedTarget` (mixup/cutmix: the loss mixes the two
+    labels' losses, accuracy counts the dominant label). Returns the loss sum and correct count."""
+    loss_total = torch.zeros((), device=chunks[0][0].device)
+    correct = torch.zeros((), dtype=torch.int64, device=loss_total.device)
+    criterion = functools.partial(F.cross_entropy, label_smoothing=s.label_smoothing, reduction="sum")
     for i, (xm, ym) in enumerate(chunks):
         last = i == len(chunks) - 1
         sync = s.model.no_sync() if s.world.distributed and not last else contextlib.nullcontext()
         with sync:
             with s.amp_ctx:
                 out = s.model(xm)
-            loss = F.cross_entropy(out.float(), ym, label_smoothing=s.label_smoothing, reduction="sum")
+            loss = mixed_loss(criterion, out.float(), ym)
             s.scaler.scale(loss * scale).backward()
         loss_total += loss.detach()
-        correct += (out.detach().argmax(1) == ym).sum()
-    try:
-        s.scaler.step(s.optimizer)
-        s.scaler.update()
+        correct += (out.detach().argmax(1) == hard_labels(ym)).sum()
+    return loss_total, correct
+
+
+def _update(s: StepSetup, chunks, scale: float) -> None:
+    """The update from the accumulated gradient: SAM's second pass, clipping, the optimizer, EMA."""
+    if isinstance(s.optimizer, SAM):
+        # SAM: ascend to w + e, the same micro-batches again there (BN statistics stay those of
+        # the first pass), then the base optimizer's step from w with that gradient. No fp16 here
+        # (config.validate / build_parts refuse it), so the scaler is off.
+        s.optimizer.first_step()
         s.optimizer.zero_grad(set_to_none=True)
-        if s.ema is not None:
-            s.ema.update_parameters(s.unwrapped)
+        with frozen_bn_stats(s.unwrapped):
+            _passes(s, chunks, scale)
+    if s.clip_grad_norm > 0:
+        s.scaler.unscale_(s.optimizer)  # clip the true gradient (a no-op without fp16)
+        torch.nn.utils.clip_grad_norm_(s.unwrapped.parameters(), s.clip_grad_norm)
+    if isinstance(s.optimizer, SAM):
+        s.optimizer.second_step()
+    else:
+        s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.optimizer.zero_grad(set_to_none=True)
+    if s.ema is not None:
+        s.ema.update_parameters(s.unwrapped)
+
+
+def train_step(s: StepSetup, x: torch.Tensor, y, n_global: int, lr: float) -> StepOutput:
+    """One optimizer step over a (rank's share of a) global batch, in `s.accum_steps` micro-batches.
+
+    The loss of each micro-batch is its *sum* divided by the global batch size, so the accumulated
+    gradient equals that of one big batch exactly (also for an uneven last batch). DDP averages
+    gradients over ranks, hence the factor world.size. An out-of-memory error raised once the
+    update has begun (for SAM: once the weights are moved) carries `during_update = True` (the step
+    cannot be redone then).
+    """
+    set_lr(s.optimizer, lr)
+    scale = s.world.size / n_global
+    chunks = [(xm, ym) for xm, ym in zip(x.tensor_split(s.accum_steps), y.tensor_split(s.accum_steps), strict=True)
+              if len(ym)]
+    loss_total, correct = _passes(s, chunks, scale)
+    try:
+        _update(s, chunks, scale)
     except torch.cuda.OutOfMemoryError as e:
         e.during_update = True
         raise

@@ -40,6 +40,11 @@ def list_models() -> list[str]:
     return list(_REGISTRY)
 
 
+def dropout_models() -> tuple[str, ...]:
+    """The models `build_model(..., dropout=P)` accepts."""
+    return _WITH_DROPOUT
+
+
 def build_model(name: str, num_classes: int = 10, width: float = 1.0,
                 zero_init_residual: bool = False, dropout: float = 0.0) -> nn.Module:
     """Build a freshly initialised model from the registry (dropout: only the wide nets have it)."""
@@ -62,4 +67,4 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["build_model", "list_models", "count_parameters"]
+__all__ = ["build_model", "list_models", "dropout_models", "count_parameters"]
