@@ -72,16 +72,16 @@ def test_compiled_model_prefix_and_missing_num_batches_tracked_are_accepted(tmp_
 
 def test_named_model_mismatch_names_the_first_differing_key(tmp_path):
     sd = _roundtrip(_tiny("resnet18").state_dict(), tmp_path)
-    with pytest.raises(CheckpointError, match=r"does not fit --model resnet34: 'layer1.2.conv1.weight' is missing"):
+    with pytest.raises(UsageError, match=r"does not fit --model resnet34: 'layer1.2.conv1.weight' is missing"):
         convert(sd, "x.pt", model="resnet34", mean=(0, 0, 0), std=(1, 1, 1))
     sd["layer2.0.conv2.weight"] = torch.zeros(16, 15, 3, 3)
-    with pytest.raises(CheckpointError) as e:
+    with pytest.raises(UsageError) as e:
         convert(sd, "x.pt", mean=(0, 0, 0), std=(1, 1, 1))
     msg = str(e.value)
     assert "closest resnet18" in msg and "'layer2.0.conv2.weight' has shape (16, 15, 3, 3) in the file, " \
         "the model expects (16, 16, 3, 3)" in msg and "--model" in msg and "\n" not in msg
     sd2 = dict(_tiny("resnet18").state_dict(), extra=torch.zeros(2))
-    with pytest.raises(CheckpointError, match=r"'extra' \(2,\) is in the file but not in the model"):
+    with pytest.raises(UsageError, match=r"'extra' \(2,\) is in the file but not in the model"):
         convert(sd2, "x.pt", model="resnet18", mean=(0, 0, 0), std=(1, 1, 1))
 
 

@@ -16,7 +16,7 @@ from resnet_cifar.data.augment import StrongAugment
 from resnet_cifar.data.loader import Augment, DeviceLoader
 from resnet_cifar.data.policies import Policy
 from resnet_cifar.engine import StepSetup, build_parts, fit, load_resume_state, train_step
-from resnet_cifar.errors import CheckpointError, UsageError
+from resnet_cifar.errors import UsageError
 from resnet_cifar.models import build_model
 from resnet_cifar.progress import Silent
 
@@ -122,7 +122,7 @@ def test_init_from_a_kuangliu_file_starts_from_its_weights(tmp_path):
     parts = build_parts(cfg_for(init_from=str(tmp_path / "ckpt.pth")), tiny_dataset(), torch.device("cpu"))
     assert all(torch.equal(v, src.state_dict()[k]) for k, v in parts.model.state_dict().items())
     torch.save(build_model("resnet32", num_classes=4, width=0.25).state_dict(), tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match=r"does not fit --model resnet20: 'layer1\.3\.conv1\.weight'"):
+    with pytest.raises(UsageError, match=r"does not fit --model resnet20: 'layer1\.3\.conv1\.weight'"):
         build_parts(cfg_for(init_from=str(tmp_path / "other.pt")), tiny_dataset(), torch.device("cpu"))
 
 

@@ -224,7 +224,7 @@ def init_weights_from(model: torch.nn.Module, path: str | Path, name: str) -> No
     expected = {k: v.shape for k, v in model.state_dict().items()}
     diff = first_difference(expected, state["model"])
     if diff:
-        raise CheckpointError(f"--init-from {str(path)!r} does not fit --model {name} here: {diff}")
+        raise UsageError(f"--init-from {str(path)!r} does not fit --model {name} here: {diff}")
     model.load_state_dict(state["model"], strict=False)  # strict up to num_batches_tracked of old files
 
 

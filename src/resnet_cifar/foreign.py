@@ -11,7 +11,7 @@ Understood (always read with torch.load(weights_only=True): tensors and plain va
 `module.` (DataParallel/DDP) and `_orig_mod.` (torch.compile) prefixes are stripped. The
 architecture is named (`model=`) or inferred: the first registry model whose state_dict has the
 same keys and shapes, at the class count of its head and the width of its stem. A mismatch is one
-line naming the first differing key and its shapes. Normalisation: the given mean/std, else the
+line naming the first differing key and its shapes (a usage error: the fix is --model). Normalisation: the given mean/std, else the
 tool's own constants below, else (a plain state_dict) it must be given.
 """
 
@@ -106,7 +106,7 @@ def infer(sd: dict[str, torch.Tensor], where: str, model: str | None = None) -> 
             raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(list_models())}")
         num_classes, width, diff = _fit(model, sd)
         if diff:
-            raise CheckpointError(f"{where} does not fit --model {model}: {diff}")
+            raise UsageError(f"{where} does not fit --model {model}: {diff}")
         return model, num_classes, width
     best = None
     for name in list_models():
@@ -116,7 +116,7 @@ def infer(sd: dict[str, torch.Tensor], where: str, model: str | None = None) -> 
         shared = len(set(_meta_state(name)) & set(sd))
         if best is None or shared > best[0]:
             best = (shared, name, diff)
-    raise CheckpointError(f"cannot tell the architecture of {where}: no registry model has its keys and shapes "
+    raise UsageError(f"cannot tell the architecture of {where}: no registry model has its keys and shapes "
                           f"(closest {best[1]}: {best[2]}); pass --model NAME")
 
 
