@@ -125,3 +125,31 @@ def test_data_preview_command_on_a_folder_dataset(synthetic_images, tmp_path):
                "--n", "5", "--augment", "--out", str(out)])
     assert rc == 0 and out.is_file()
     assert Image.open(out).size[0] > 3 * 32
+
+
+def test_preview_shows_the_configured_policy_as_train_applies_it(synthetic_images, png_folder, capsys):
+    from resnet_cifar.cli import main
+    from resnet_cifar.data.augment import StrongAugment
+    from resnet_cifar.data.loader import Augment
+    from resnet_cifar.data.policies import Policy
+
+    x, y = synthetic_images(6, 3)
+    ds = Dataset("folder", torch.from_numpy(x), torch.from_numpy(y), None, None, ["a", "b", "c"],
+                 (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    strong = StrongAugment(Policy("trivialaugment"), random_erase=0.5)
+    layout = preview_dataset(ds, n=8, augment=True, out=None, seed=2, val_size=0, strong=strong)
+    assert "TrivialAugmentWide" in layout["title"] and "random erasing with p=0.5" in layout["title"]
+    # the first images of train's first batch (batch 16 here), with the same policy and erasing
+    loader = DeviceLoader(ds.train_x, ds.train_y, batch_size=16, mean=ds.mean, std=ds.std, seed=2, augment=Augment(),
+                          channels_last=False, strong=strong)
+    _, xb, _ = next(iter(loader.batches(1)))
+    assert torch.equal(layout["pixels"], denormalize(xb[:8], ds.mean, ds.std))
+    plain = preview_dataset(ds, n=8, augment=True, out=None, seed=2, val_size=0)
+    assert not torch.equal(plain["pixels"], layout["pixels"])
+    base = ["data", "preview", "--dataset", "folder", "--data-dir", str(png_folder), "--n", "4", "--out",
+            str(png_folder / "p.png")]
+    assert main(base + ["--auto-augment", "autoaugment"]) == 2
+    assert "with --augment" in capsys.readouterr().err
+    assert main(base + ["--augment", "--auto-augment", "randaugment", "--ra-magnitude", "12", "--mixup-alpha",
+                        "0.2"]) == 0
+    assert "RandAugment, N=2 ops per image at magnitude 12/30" in capsys.readouterr().out

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 
 from .config import Config
+from .data.augment import StrongAugment
 from .data.loader import NO_AUGMENT, Augment, DeviceLoader, denormalize, plan_epoch
 from .errors import UsageError, WorkError
+from .mixing import Mixing, hard_labels
 
 Log = Callable[[str], None] | None
 
@@ -34,14 +36,18 @@ TEXT = (20, 20, 20)
 
 def preview_batch(train_x: torch.Tensor, train_y: torch.Tensor, mean, std, *, n: int = 64,
                   augment: bool | Augment = False, seed: int = 0, val_size: int = DEFAULT_VAL_SIZE,
-                  epoch: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  epoch: int = 1, strong: StrongAugment | None = None,
+                  mixing: Mixing | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The first `n` images of epoch `epoch` of a training run with this seed and val_size.
 
     Returns (normalised float images (n,3,32,32), labels, indices into `train_x`). Like the
     trainer, the validation images are held out first (stratified, seeded; skipped when
     val_size >= the number of images), and the loader's seeded shuffle and augmentation plan for
     (seed, epoch) pick and transform the rest. Epochs count from 1, as in `train`. `augment` is
-    True for the default training augmentations, False for none, or an explicit `Augment`.
+    True for the default training augmentations, False for none, or an explicit `Augment`;
+    with it, `strong` (policy, random erasing) and `mixing` (mixup/cutmix) as train applies them.
+    Labels are the dominant label of a mixed image. Mixing pairs each image with its neighbour in
+    the batch: image 0 is paired as in training only when n is train's --batch-size.
     """
     from .data.split import train_val_split
 
@@ -57,11 +63,13 @@ def preview_batch(train_x: torch.Tensor, train_y: torch.Tensor, mean, std, *, n:
     aug = augment if isinstance(augment, Augment) else (Augment() if augment else NO_AUGMENT)
     # The whole epoch's plan is drawn up front, so the first n positions are the same for any
     # batch size: one batch of n is the start of the training run's first batch.
+    on = aug is not NO_AUGMENT
     loader = DeviceLoader(x_all, y_all, batch_size=n, mean=mean, std=std, seed=seed,
-                          augment=aug, shuffle=True, channels_last=False, device="cpu")
+                          augment=aug, shuffle=True, channels_last=False, device="cpu",
+                          strong=strong if on else None, mixing=mixing if on else None)
     order = plan_epoch(len(x_all), seed, epoch, aug, shuffle=True).order[:n]
     _, x, y = next(iter(loader.batches(epoch)))
-    return x, y, keep[order]
+    return x, hard_labels(y), keep[order]
 
 
 def _font(size: int):
@@ -139,28 +147,40 @@ def render_grid(pixels: torch.Tensor, labels, classes: list[str], out: str | Pat
     return layout
 
 
+def describe_augment(aug: Augment | None, strong: StrongAugment | None = None, mixing: Mixing | None = None) -> str:
+    """One line: what the training augmentations of a preview are."""
+    if aug is None:
+        return "not augmented"
+    parts = [f"crop {aug.crop_padding}px {aug.pad_mode} + {'flip' if aug.flip else 'no flip'}"]
+    parts += strong.describe() if strong is not None else []
+    if mixing is not None and mixing.enabled:
+        parts += [f"{k} alpha {a:g}" for k, a in (("mixup", mixing.mixup_alpha), ("cutmix", mixing.cutmix_alpha)) if a]
+    return "augmented: " + "; ".join(parts)
+
+
 def preview_dataset(ds, *, n: int = 64, augment: bool | Augment = False, out: str | Path | None = "preview.png",
                     seed: int = 0, scale: int = 4, source: str | None = None,
-                    val_size: int = DEFAULT_VAL_SIZE) -> dict[str, Any]:
+                    val_size: int = DEFAULT_VAL_SIZE, strong: StrongAugment | None = None,
+                    mixing: Mixing | None = None) -> dict[str, Any]:
     """Preview a loaded `data.Dataset` (`source`, e.g. its folder, goes into the title): see `make_preview`."""
     x, y, indices = preview_batch(ds.train_x, ds.train_y, ds.mean, ds.std, n=n, augment=augment,
-                                  seed=seed, val_size=val_size)
+                                  seed=seed, val_size=val_size, strong=strong, mixing=mixing)
     pixels = denormalize(x, ds.mean, ds.std)
     aug = augment if isinstance(augment, Augment) else (Augment() if augment else None)
-    what = ("augmented: crop {p}px {m} + {f}".format(
-        p=aug.crop_padding, m=aug.pad_mode, f="flip" if aug.flip else "no flip") if aug else "not augmented")
+    what = describe_augment(aug, strong, mixing)
     title = f"{ds.name}{f' ({source})' if source else ''}: {len(x)} training images as the network sees them ({what}), seed {seed}"
     layout = render_grid(pixels, y, ds.classes, out, scale=scale, title=title)
     for cell, idx in zip(layout["cells"], indices.tolist()):
         cell["dataset_index"] = int(idx)
-    layout.update(dataset=ds.name, n=len(x), augment=aug is not None, seed=seed, title=title,
+    layout.update(dataset=ds.name, n=len(x), augment=aug is not None, seed=seed, title=title, augmentation=what,
                   mean=list(ds.mean), std=list(ds.std), pixels=pixels)
     return layout
 
 
 def make_preview(dataset: str, data_dir: str | Path, *, n: int = 64, augment: bool = False,
                  out: str | Path = "preview.png", seed: int = 0, download: bool = False,
-                 scale: int = 4, val_size: int = DEFAULT_VAL_SIZE, log: Log = None) -> dict[str, Any]:
+                 scale: int = 4, val_size: int = DEFAULT_VAL_SIZE, log: Log = None,
+                 strong: StrongAugment | None = None, mixing: Mixing | None = None) -> dict[str, Any]:
     """Load `dataset` from `data_dir` and write a labelled PNG grid of `n` training images.
 
     The images are the first `n` of the first training batch of `resnet-cifar train --seed SEED
@@ -172,4 +192,4 @@ def make_preview(dataset: str, data_dir: str | Path, *, n: int = 64, augment: bo
 
     ds = load_dataset(dataset, data_dir, download=download, log=log)
     return preview_dataset(ds, n=n, augment=augment, out=out, seed=seed, scale=scale,
-                           source=str(data_dir), val_size=val_size)
+                           source=str(data_dir), val_size=val_size, strong=strong, mixing=mixing)

@@ -26,12 +26,42 @@ def add_parser(sub) -> None:
     v = actions.add_parser("preview", help="a labelled grid of training images, as the network sees them")
     add_data_flags(v)
     v.add_argument("--n", type=int, default=64, help="number of images (default 64)")
-    v.add_argument("--augment", action="store_true", help="after the training augmentations (crop + flip)")
+    v.add_argument("--augment", action="store_true", help="after the training augmentations (crop + flip, and "
+                                                          "the policy, erasing and mixing flags below)")
+    _add_policy_flags(v)
     v.add_argument("--seed", type=int, default=0, help="as train's --seed: the same first batch (default 0)")
     v.add_argument("--val-size", type=int, default=Config.val_size,
                    help=f"as train's --val-size: these images are held out, not shown (default {Config.val_size})")
     v.add_argument("--out", default="preview.png", metavar="FILE", help="PNG to write (default preview.png)")
     v.set_defaults(run=run_preview)
+
+
+def _add_policy_flags(v) -> None:
+    """train's --auto-augment, --ra-*, --random-erase, --mixup-alpha, --cutmix-alpha (same names, defaults, help)."""
+    from dataclasses import fields
+
+    from ..config import Config
+
+    g = v.add_argument_group("augmentation policy (with --augment; as train's flags)")
+    for f in fields(Config):
+        if f.name in ("auto_augment", "ra_num_ops", "ra_magnitude", "random_erase", "mixup_alpha", "cutmix_alpha"):
+            m = f.metadata
+            g.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                           choices=m["choices"], metavar=m["metavar"], help=f"{m['help']} (default {f.default})")
+
+
+def _policy_of(args):
+    """(StrongAugment, Mixing) of data preview's flags; they need --augment."""
+    from ..config import Config
+    from ..engine.parts import mixing_from, strong_augment_from
+    from ..errors import UsageError
+
+    names = ("auto_augment", "ra_num_ops", "ra_magnitude", "random_erase", "mixup_alpha", "cutmix_alpha")
+    cfg = Config(**{k: getattr(args, k) for k in names})
+    strong, mixing = strong_augment_from(cfg), mixing_from(cfg)
+    if (strong.enabled or mixing.enabled) and not args.augment:
+        raise UsageError("--auto-augment, --random-erase, --mixup-alpha and --cutmix-alpha show with --augment; add it")
+    return strong, mixing
 
 
 def run_download(args) -> int:
@@ -79,9 +109,10 @@ def run_preview(args) -> int:
 
     if args.n < 1:
         raise UsageError(f"--n must be >= 1, got {args.n}")
+    strong, mixing = _policy_of(args)
     grid = make_preview(args.dataset, args.data_dir, n=args.n, augment=args.augment, out=args.out,
-                        seed=args.seed, val_size=args.val_size, log=stderr_log)
+                        seed=args.seed, val_size=args.val_size, log=stderr_log, strong=strong, mixing=mixing)
     print(f"wrote {grid['out']}: {grid['n']} training images of {grid['dataset']} in a "
-          f"{grid['rows']}x{grid['cols']} grid, {'augmented (crop + flip)' if grid['augment'] else 'not augmented'}, "
+          f"{grid['rows']}x{grid['cols']} grid, {grid['augmentation']}, "
           f"de-normalised from the network's input (seed {grid['seed']})")
     return 0
