@@ -92,7 +92,8 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) ->
 
 
 def make_model(cfg: Config, num_classes: int, device: torch.device, world: distm.World) -> torch.nn.Module:
-    model = build_model(cfg.model, num_classes, cfg.width, cfg.zero_init_residual, dropout=cfg.dropout)
+    extra = {"dropout": cfg.dropout} if cfg.dropout else {}  # only the wide nets take it
+    model = build_model(cfg.model, num_classes, cfg.width, cfg.zero_init_residual, **extra)
     if cfg.init_from:
         ckpt.init_weights_from(model, cfg.init_from, cfg.model)
     if cfg.sync_bn and world.distributed:
