@@ -91,7 +91,8 @@ class Config:
     batch_size: int = option(128, "optimisation", "GLOBAL batch per optimizer step = per-device batch x devices "
                                                   "x --accum-steps (the lr is never rescaled silently)", ge=1)
     accum_steps: int = option(1, "optimisation", "split each batch into this many micro-batches", ge=1)
-    optimizer: str = option("sgd", "optimisation", "optimizer", choices=OPTIMIZERS)
+    optimizer: str = option("sgd", "optimisation", "optimizer (sam: sharpness-aware minimisation over SGD, two "
+                                                   "passes per step)", choices=OPTIMIZERS)
     lr: float = option(0.1, "optimisation", "peak learning rate (after warm-up)", ge=0, gt=0)
     momentum: float = option(0.9, "optimisation", "SGD momentum", ge=0, lt=1)
     nesterov: bool = option(False, "optimisation", "Nesterov momentum (SGD)")

@@ -5,9 +5,11 @@ step takes a slice of a seeded permutation, crops/flips it with batched tensor o
 normalises on the device. The same code runs on CPU and CUDA.
 
 Every random choice of an epoch (order, crop offsets, flips, cutout centres) is drawn at the start
-of the epoch on the CPU from a generator seeded with (seed, epoch). So a position in training is
-just (epoch, batch index): resuming mid-epoch needs no loader state, the batches are identical on
-CPU and GPU, and the global order does not depend on how many processes share it.
+of the epoch on the CPU from a generator seeded with (seed, epoch); the policy and random erasing
+(data/augment.py) likewise, from their own generator; mixup/cutmix per batch from (seed, epoch,
+batch index) (mixing.py). So a position in training is just (epoch, batch index): resuming
+mid-epoch needs no loader state, the batches are identical on CPU and GPU (the policy's
+float ops up to rounding), and the global order does not depend on how many processes share it.
 """
 
 from __future__ import annotations
