@@ -11,8 +11,9 @@ Understood (always read with torch.load(weights_only=True): tensors and plain va
 `module.` (DataParallel/DDP) and `_orig_mod.` (torch.compile) prefixes are stripped. The
 architecture is named (`model=`) or inferred: the first registry model whose state_dict has the
 same keys and shapes, at the class count of its head and the width of its stem. A mismatch is one
-line naming the first differing key and its shapes (a usage error: the fix is --model). Normalisation: the given mean/std, else the
-tool's own constants below, else (a plain state_dict) it must be given.
+line naming the first differing key and its shapes (a usage error: the fix is --model).
+Normalisation: the given mean/std, else the tool's own constants below, else (a plain
+state_dict) it must be given.
 """
 
 from __future__ import annotations
