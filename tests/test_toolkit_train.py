@@ -121,6 +121,9 @@ def test_init_from_a_kuangliu_file_starts_from_its_weights(tmp_path):
                tmp_path / "ckpt.pth")
     parts = build_parts(cfg_for(init_from=str(tmp_path / "ckpt.pth")), tiny_dataset(), torch.device("cpu"))
     assert all(torch.equal(v, src.state_dict()[k]) for k, v in parts.model.state_dict().items())
+    # a resume loads its own weights: the --init-from file is not read again (it may be gone)
+    moved = build_parts(cfg_for(init_from=str(tmp_path / "gone.pth")), tiny_dataset(), torch.device("cpu"), init=False)
+    assert not torch.equal(moved.model.state_dict()["conv1.weight"], src.state_dict()["conv1.weight"])
     torch.save(build_model("resnet32", num_classes=4, width=0.25).state_dict(), tmp_path / "other.pt")
     with pytest.raises(UsageError, match=r"does not fit --model resnet20: 'layer1\.3\.conv1\.weight'"):
         build_parts(cfg_for(init_from=str(tmp_path / "other.pt")), tiny_dataset(), torch.device("cpu"))

@@ -91,10 +91,12 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) ->
     return torch.optim.AdamW(groups, lr=cfg.lr, **extra)
 
 
-def make_model(cfg: Config, num_classes: int, device: torch.device, world: distm.World) -> torch.nn.Module:
+def make_model(cfg: Config, num_classes: int, device: torch.device, world: distm.World,
+               init: bool = True) -> torch.nn.Module:
+    """The registry model of `cfg`, with --init-from's weights when `init` (a resume loads its own)."""
     extra = {"dropout": cfg.dropout} if cfg.dropout else {}  # only the wide nets take it
     model = build_model(cfg.model, num_classes, cfg.width, cfg.zero_init_residual, **extra)
-    if cfg.init_from:
+    if cfg.init_from and init:
         ckpt.init_weights_from(model, cfg.init_from, cfg.model)
     if cfg.sync_bn and world.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -133,7 +135,7 @@ class Parts:
 
 
 def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.World | None = None,
-                warn=None) -> Parts:
+                warn=None, init: bool = True) -> Parts:
     """The run's parts on `device`. The DDP/compile wrapper goes on last (`wrap` in the result's step)."""
     world = world or distm.World()
     amp = runtime.resolve_amp(cfg.amp, device)
@@ -146,7 +148,7 @@ def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.W
                           rank=world.rank, world_size=world.size, strong=strong_augment_from(cfg),
                           mixing=mixing_from(cfg))
     distm.validate_last_batch(loader.num_images, cfg.batch_size, cfg.accum_steps, world)
-    model = make_model(cfg, data.num_classes, device, world)
+    model = make_model(cfg, data.num_classes, device, world, init)
     optimizer = make_optimizer(model, cfg, device)
     scaler = runtime.grad_scaler(device, amp)
     amp_ctx = runtime.autocast(device, amp)

@@ -46,7 +46,7 @@ class Trainer:
         self.progress = progress or Silent()
         self.world = world or distm.World()
         self.device = runtime.pick_device(cfg.device, self.world.local_rank if self.world.distributed else None)
-        p = self.parts = build_parts(cfg, data, self.device, self.world)
+        p = self.parts = build_parts(cfg, data, self.device, self.world, init=resume_state is None)
         self.model, self.swa, self.ema, self.amp = p.model, p.swa, p.ema, p.amp
         self.splits, self.train_loader, self.steps_per_epoch = p.splits, p.loader, len(p.loader)
         self.state = RunState(accum_steps=cfg.accum_steps)
