@@ -20,7 +20,8 @@ import torch.nn.functional as F
 OPS = ("Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
        "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
 OP_INDEX = {name: i for i, name in enumerate(OPS)}
-GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
+GEOMETRIC = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")  # OPS[1:6]
+# No tensor is built from Python values on the device here: on CUDA that copy would wait for the GPU.
 
 
 def _col(v: torch.Tensor) -> torch.Tensor:
@@ -62,8 +63,10 @@ def affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=x.device))
     base[..., 1].copy_(torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=x.device).unsqueeze(-1))
     base[..., 2].fill_(1)
-    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=torch.float32, device=x.device)
-    grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(theta.transpose(1, 2) / scale).view(n, h, w, 2)
+    rescaled = theta.transpose(1, 2).clone()  # (n, 3, 2), divided by (w/2, h/2) as torchvision's _affine_grid
+    rescaled[..., 0] /= 0.5 * w
+    rescaled[..., 1] /= 0.5 * h
+    grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(rescaled).view(n, h, w, 2)
     out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round_().to(torch.uint8)
 
@@ -162,7 +165,7 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, mag: torch.Tensor, present: set
     op = op.to(x.device)
     out = x
     if present & set(GEOMETRIC):
-        is_geo = _col(torch.isin(op, torch.tensor([OP_INDEX[g] for g in GEOMETRIC], device=x.device)))
+        is_geo = _col((op >= OP_INDEX[GEOMETRIC[0]]) & (op <= OP_INDEX[GEOMETRIC[-1]]))  # contiguous in OPS
         out = torch.where(is_geo, affine(x, inverse_affine(op, mag.to(x.device), *x.shape[-2:])), out)
     for name, fn in PIXEL_OPS.items():
         if name in present:
