@@ -252,3 +252,12 @@ def test_recipe_parts_train_a_tiny_speedrun_resnet(synthetic_images):
     assert losses[-1] < 0.6 * losses[0], losses
     model.eval()
     assert (tta_logits(model, x).argmax(1) == y).float().mean() > 0.9
+
+
+def test_summary_prints_the_speedrun_nets_macs_and_trainable_params(capsys):
+    from resnet_cifar.cli import main
+
+    assert main(["summary", "--model", "speedrun_resnet"]) == 0
+    out = capsys.readouterr().out
+    assert "(Conv2d + Linear): 118,147,360 (118.15 M)" in out
+    assert "Trainable params: 1,971,352" in out and "Non-trainable params: 1,440" in out
