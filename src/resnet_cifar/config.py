@@ -19,11 +19,12 @@ from .constants import DATASETS
 from .errors import UsageError, first_line
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("plateau", "cosine", "onecycle", "multistep", "constant")
+SCHEDULERS = ("plateau", "cosine", "onecycle", "multistep", "constant", "triangle")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")    # the one list (runtime.pick_device, every --device flag)
 COMPILE_MODES = ("auto", "on", "off")
 PAD_MODES = ("reflect", "zeros")
+TTA_MODES = ("flip", "flip_translate")    # tta.py: 2 views (probabilities averaged) | airbench's 6 (logits)
 
 # Flag groups of `train --help`, in this order.
 GROUPS = ("data", "model", "optimisation", "averaging", "runtime", "run directory")
@@ -65,6 +66,8 @@ class Config:
                                ge=0, le=16)
     pad_mode: str = option("reflect", "data", "how the crop's padding is filled", choices=PAD_MODES)
     flip: bool = option(True, "data", "random horizontal flips")
+    alt_flip: bool = option(False, "data", "with --flip: alternating flips (each image mirrored in every other "
+                                           "epoch, from a random start), as airbench")
     cutout: int = option(0, "data", "side of a zeroed square per image (0 = off)", metavar="SIZE", ge=0, le=32)
     # --- model
     model: str = option("resnet18", "model", "architecture; `resnet-cifar summary --help` lists them",
@@ -72,6 +75,9 @@ class Config:
     width: float = option(1.0, "model", "channel multiplier (1.0 = reference; tiny models for tests)", ge=0, gt=0,
                           le=64, note=" (a channel multiplier: 1.0 = reference, 10 = very wide)")
     zero_init_residual: bool = option(False, "model", "start each residual block's last BN at zero")
+    whiten: bool = option(True, "model", "models with a whitening layer (speedrun_resnet): set it from the "
+                                         "training images' 2x2 patch covariance and freeze it (--no-whiten: "
+                                         "learn it from torch's default init)")
     # --- optimisation
     epochs: int = option(250, "optimisation", "training epochs", ge=1)
     batch_size: int = option(128, "optimisation", "GLOBAL batch per optimizer step = per-device batch x devices "
@@ -86,6 +92,10 @@ class Config:
                                                       "(--no-bn-decay: not on them)",
                                flag="bn-decay", negated=True, aliases=(("--no-no-bn-decay", False),))
     label_smoothing: float = option(0.1, "optimisation", "label smoothing of the training loss", ge=0, lt=1)
+    bias_lr_scale: float = option(1.0, "optimisation", "lr multiplier of the BN biases (their weight decay is "
+                                                       "divided by it: the same decay per step); speedrun: 64", gt=0)
+    whiten_bias_epochs: int = option(3, "optimisation", "epochs the whitening layer's bias learns before it "
+                                                        "is frozen (models with a whitening layer)", ge=0)
     scheduler: str = option("plateau", "optimisation", "learning-rate schedule", choices=SCHEDULERS)
     warmup_epochs: float = option(0.0, "optimisation", "linear warm-up from 0, in epochs (fractions allowed)", ge=0)
     plateau_factor: float = option(0.1, "optimisation", "plateau: multiply the lr by this when validation "
@@ -101,6 +111,8 @@ class Config:
     swa_lr: float = option(0.01, "averaging", "constant lr during SWA", ge=0)
     ema: float = option(0.0, "averaging", "EMA decay of the weights per step (e.g. 0.999; 0 = off)",
                         metavar="DECAY", ge=0)
+    lookahead: bool = option(False, "averaging", "airbench's lookahead: every 5 steps the weights move to a "
+                                                 "slow copy that follows them with a decay rising to 0.77")
     # --- runtime
     amp: str = option("auto", "runtime", "mixed precision (auto: bf16 on CUDA, fp16 + GradScaler where bf16 "
                                          "is missing, off on the CPU)", choices=AMP_MODES)
@@ -111,7 +123,10 @@ class Config:
     seed: int = option(0, "runtime", "seed of the split, the shuffling, augmentation and initialisation", ge=0)
     deterministic: bool = option(False, "runtime", "bitwise-reproducible kernels (slower on CUDA)")
     eval_batch_size: int = option(1024, "runtime", "batch size of evaluation", ge=1)
-    tta: bool = option(False, "runtime", "flip test-time augmentation for the final test evaluation")
+    tta: bool = option(False, "runtime", "test-time augmentation for the final test evaluation")
+    tta_mode: str = option("flip", "runtime", "views of --tta: flip (image + mirror) | flip_translate (+ two "
+                                              "1-px shifts of each: 6 views, airbench's weights)",
+                           choices=TTA_MODES)
     checkpoint_every: int = option(0, "runtime", "also checkpoint every N optimizer steps (0 = at epoch ends "
                                                  "only)", metavar="STEPS", ge=0)
     auto_batch: bool = option(False, "runtime", "on CUDA out-of-memory, halve the micro-batch and double "
@@ -144,6 +159,17 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
         nesterov=True, weight_decay=5e-4, no_bn_decay=True, scheduler="cosine",
         warmup_epochs=2.0, label_smoothing=0.1, amp="auto", swa=False, ema=0.999, tta=True,
         zero_init_residual=True,
+    ),
+    # airbench94's recipe (PyPI airbench 0.1.8) around speedrun_resnet, its hyperparameters converted to
+    # a batch-mean loss by optim.sgd_hyperparameters(1024): lr 11.5 / (1 + 1/0.15) = 1.5, weight decay
+    # 0.0153 / 11.5; BN biases at 64x lr; the triangle 0.2 -> 1 -> 0.07; lookahead; flip + shift TTA.
+    # 10 epochs of 45,000 images = 0.319 PFLOP. Not measured yet (benchmarks/README.md, rows S1-S17).
+    "speedrun": dict(
+        model="speedrun_resnet", width=1.0, whiten=True, zero_init_residual=False, epochs=10, batch_size=1024,
+        optimizer="sgd", lr=1.5, momentum=0.85, nesterov=True, weight_decay=0.0153 / 11.5, no_bn_decay=False,
+        bias_lr_scale=64.0, whiten_bias_epochs=3, label_smoothing=0.2, scheduler="triangle", warmup_epochs=0.0,
+        crop_padding=2, pad_mode="reflect", flip=True, alt_flip=True, cutout=0, swa=False, ema=0.0,
+        lookahead=True, amp="auto", compile="auto", channels_last=True, tta=True, tta_mode="flip_translate",
     ),
 }
 

@@ -80,10 +80,26 @@ def speedrun_command(dataset: str, data_dir: str) -> str:
 
 
 def long_run_advice(seconds: float, device: torch.device, dataset: str, data_dir: str,
-                    limit: float = LONG_RUN_SECONDS) -> str | None:
+                    limit: float = LONG_RUN_SECONDS, preset: str = "") -> str | None:
     """None when the estimate is within `limit` or the device is not a CPU; else the advice, one line."""
     if device.type != "cpu" or seconds <= limit:
         return None
-    return (f"this recipe needs about {_fmt(seconds)} on this CPU (a rough estimate from a quick probe); "
-            f"for a ResNet in less compute try: {speedrun_command(dataset, data_dir)} "
+    head = f"this recipe needs about {_fmt(seconds)} on this CPU (a rough estimate from a quick probe)"
+    if preset == "speedrun":
+        return head
+    return (f"{head}; for a ResNet in less compute try: {speedrun_command(dataset, data_dir)} "
             f"(its time and accuracy on a CPU: {SPEEDRUN_MEASURED})")
+
+
+def cpu_advice(cfg, num_classes: int, num_train: int, device: torch.device) -> str | None:
+    """`long_run_advice` for a config about to train `num_train` images on `device` (None off the CPU)."""
+    if device.type != "cpu":
+        return None
+    from .models import build_model
+
+    with torch.random.fork_rng(devices=[]):      # the run's initialisation stays what it would be
+        model = build_model(cfg.model, num_classes, cfg.width, cfg.zero_init_residual)
+    model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+    rate = probe_flops_per_second(model, device, channels_last=cfg.channels_last)
+    seconds = estimated_seconds(forward_macs(model), num_train * cfg.epochs, rate)
+    return long_run_advice(seconds, device, cfg.dataset, cfg.data_dir, preset=cfg.preset)
