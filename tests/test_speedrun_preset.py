@@ -178,3 +178,45 @@ def test_eval_images_count_every_evaluation_pass():
     assert eval_images(both, splits, 3) == 10 * 3 * 2 + (100 + 10) + 20 * (1 + 6)
     no_test = NS(train_y=torch.zeros(100), val_y=torch.zeros(10), test_y=None)
     assert eval_images(NS(tta=True, tta_mode="flip", ema=0.0, swa=False), no_test, 2) == 10 * 2 + 10 * 3
+
+
+def _ddp_worker(rank, world_size, port, tmp):
+    import os
+
+    from resnet_cifar import distributed as distm
+    from resnet_cifar import engine
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    world = distm.World(rank=rank, local_rank=rank, size=world_size, local_size=world_size)
+    cfg = speedrun(epochs=2, batch_size=16, val_size=8, whiten_bias_epochs=1)
+    engine.setup(cfg, world)
+    trainer = engine.Trainer(cfg, tiny_dataset(n_per_class=12, num_classes=4, test_per_class=0), f"{tmp}/ddp",
+                             world=world)
+    stop = engine.StopFlag()
+    for e in (1, 2):                   # 3 steps per epoch: a lookahead update at step 5, the bias frozen in epoch 2
+        trainer.train_epoch(e, stop)
+        trainer.state.end_epoch(e)
+    torch.save({"model": trainer.model.state_dict(), "step": trainer.state.step}, f"{tmp}/rank{rank}.pt")
+    distm.barrier(world)
+    distm.shutdown(world)
+
+
+@pytest.mark.slow
+def test_speedrun_under_ddp_keeps_the_replicas_identical(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["step"] == r1["step"] == 6
+    # the weights: whitening from the same images, the same groups and lookahead on every rank (BN running
+    # statistics are each rank's own after its last forward, as in any DDP run; rank 0 saves them)
+    weights = [k for k in r0["model"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert len(weights) == 21          # whiten (2) + 3 groups x (conv, BN w+b, conv, BN w+b) + linear
+    for k in weights:
+        assert torch.equal(r0["model"][k], r1["model"][k]), k
