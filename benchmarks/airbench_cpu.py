@@ -22,6 +22,8 @@ device, whitening, training (its per-epoch evaluation is what verbose=False skip
 Ours: `python -m resnet_cifar train --preset speedrun` on the same split, in a subprocess (the
 user's path), `results.json` read back. Both report validation accuracy without and with TTA,
 training seconds, training PFLOPs (forward MACs x 2 x 3 x images seen, MACs from our `summary`).
+Ours' seconds are results.json's `train_seconds`: training plus the per-epoch validation (5,000 images,
+forward only: ~4% of an epoch), as the engine counts them; airbench's exclude its evaluation.
 
 airbench is not a dependency of resnet-cifar: install it in a separate environment, or point
 PYTHONPATH at its unpacked sdist (`pip download --no-deps airbench==0.1.8`; it also imports
