@@ -47,8 +47,11 @@ def device_description(device: torch.device) -> str:
 
 def probe_flops_per_second(model: torch.nn.Module, device: torch.device, batch: int = 8,
                            channels_last: bool = True, image_size: int = 32) -> float:
-    """Training FLOP/s of one timed forward + backward (after one untimed) on a copy of `model`."""
-    probe = copy.deepcopy(model).to(device).train()
+    """Training FLOP/s of one timed forward + backward (after one untimed) on a copy of `model`.
+
+    The copy runs in eval mode (BN from its running statistics, a few % cheaper than batch statistics):
+    a training-mode forward is the run's own business (hooks and tests count them)."""
+    probe = copy.deepcopy(model).to(device).eval()
     macs = forward_macs(probe)
     fork = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork):
