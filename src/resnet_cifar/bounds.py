@@ -23,6 +23,9 @@ MAX_NAME_CHARS = 256         # a class or model name
 MAX_NODES = 200_000          # values visited by check_plain (a run's checkpoint holds ~10^4)
 MAX_STRING_CHARS = 1 << 20   # all strings of one checked value together
 MAX_DEPTH = 32
+# Pixels of one image file after the JPEG decoder's own downscaling (draft): 50 Mpx is a large
+# photo (8660x5770) and ~150 MB decoded; a 12000x12000 PNG (144 Mpx) is refused from its header.
+MAX_IMAGE_PIXELS = 50_000_000
 
 _SCALARS = (bool, int, float, str, type(None))
 
@@ -91,17 +94,28 @@ def short_str(x: Any, limit: int = MAX_NAME_CHARS) -> bool:
     return isinstance(x, str) and 0 < len(x) <= limit
 
 
+def shown(x: Any) -> str:
+    """A number for an error message without ever printing something huge: `nan`, `1e+300`,
+    `2000000000`; for other types just the type name."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return f"a {type(x).__name__}"
+    if isinstance(x, int) and abs(x) < 10**15:
+        return str(x)
+    try:
+        return f"{float(x):g}"
+    except OverflowError:
+        return "a huge integer"
+
+
 def model_size_problem(name: Any, num_classes: Any, width: Any) -> str | None:
     """Why these model arguments are out of bounds (a phrase), or None when they are fine.
     Checks types and ranges only; nothing is built."""
     if not short_str(name, 64):
         return f"model name must be a short string, got a {type(name).__name__}"
     if not int_in(num_classes, 1, MAX_NUM_CLASSES):
-        shown = num_classes if int_in(num_classes, -10**12, 10**12) else f"a {type(num_classes).__name__}"
-        return f"num_classes must be an integer from 1 to {MAX_NUM_CLASSES:,}, got {shown}"
+        return f"num_classes must be an integer from 1 to {MAX_NUM_CLASSES:,}, got {shown(num_classes)}"
     if not float_in(width, 0.0, MAX_WIDTH, lo_open=True):
-        shown = f"{float(width):g}" if float_in(width, -1e300, 1e300) else f"a {type(width).__name__}"
-        return f"width must be a number in (0, {MAX_WIDTH:g}], got {shown}"
+        return f"width must be a number in (0, {MAX_WIDTH:g}], got {shown(width)}"
     return None
 
 
