@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_reliability_support import (
+from reliability_helpers import (
     assert_one_line_error,
     run_main,
     subprocess_env,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_reliability_support import assert_one_line_error, run_main, subprocess_env
+from reliability_helpers import assert_one_line_error, run_main, subprocess_env
 from test_report import make_run_dir
 
 from resnet_cifar import checkpoint, fsutil
