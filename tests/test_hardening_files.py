@@ -312,3 +312,94 @@ def test_config_table_leaves_out_what_does_not_apply(tmp_path):
     page = build_report(run, images=images).read_text()
     config_part = page[page.index('id="config"'):page.index('id="environment"')]
     assert "milestones" not in config_part and "download" not in config_part and "cosine" in config_part
+
+
+# --------------------------------------------------------------------------- config values (phase 2)
+_YAML_BOMB = "\n".join(["a0: &a0 [1, 2]"] + [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]"
+                                               for i in range(1, 40)] + ["crop_padding: *a39"]) + "\n"
+
+_CONFIG_CHILD = """
+import json, resource, sys
+sys.path.insert(0, {src!r})
+from resnet_cifar import config
+from resnet_cifar.errors import UsageError
+used = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), resource.RLIM_INFINITY))   # 1 GB more, then MemoryError
+out = {{}}
+for step in ("file", "dict"):
+    try:
+        if step == "file":
+            config.resolve(file_values=config.load_config_file(sys.argv[1]))
+        else:
+            import yaml
+            config.from_dict(yaml.safe_load(open(sys.argv[1])))
+        out[step] = "accepted"
+    except UsageError as e:
+        out[step] = str(e)
+    except MemoryError:
+        out[step] = "MemoryError"
+print(json.dumps(out))
+"""
+
+
+def test_yaml_with_nested_aliases_is_refused_before_any_repr(tmp_path, capsys):
+    """4^39 items reachable from `crop_padding` through aliases (1.3 KB of YAML); the old eager
+    repr took 44 s and 2.7 GB before a MemoryError. The child runs with 1 GB of headroom."""
+    p = tmp_path / "bomb.yaml"
+    p.write_text(_YAML_BOMB)
+    r = subprocess.run([sys.executable, "-c", _CONFIG_CHILD.format(src=SRC), str(p)], capture_output=True,
+                       text=True, env=subprocess_env(), timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    for step in ("file", "dict"):
+        assert "nested more than 32 levels" in got[step] or "more than 200,000 values" in got[step], got
+        assert len(got[step]) < 300
+    code, _, err = run_main(["train", "--config", str(p), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2
+    assert_one_line_error(err, "no aliases that nest")
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_value_errors_show_a_bounded_value(tmp_path):
+    from resnet_cifar.config import load_config_file, resolve
+    from resnet_cifar.errors import UsageError
+
+    p = tmp_path / "c.yaml"
+    p.write_text("crop_padding: [" + ", ".join(["123456789"] * 5000) + "]\n")
+    with pytest.raises(UsageError) as e:
+        resolve(file_values=load_config_file(p))
+    assert "crop_padding=[123456789, 123456789, 123456789, 123456789, ...]" in str(e.value)
+    big = tmp_path / "big.yaml"
+    big.write_text("lr: 0.1\n" + "#" * (2 << 20) + "\n")
+    with pytest.raises(UsageError, match="a config is a few KB"):
+        load_config_file(big)
+    with pytest.raises(UsageError, match="unknown preset"):
+        resolve(file_values={"preset": ["not", "a", "name"]})
+
+
+# --------------------------------------------------------------------------- run files on a full disk (phase 2)
+@pytest.mark.parametrize("name", ["config.yaml", "metrics.csv", "predictions.npz", "results.json"])
+def test_a_full_disk_while_training_is_one_line_and_keeps_previous_files(name, tmp_path, monkeypatch, capsys):
+    from reliability_helpers import train_argv, write_folder
+
+    data = write_folder(tmp_path / "data")
+    out = tmp_path / "run"
+    real = fsutil.atomic_write
+    calls = []
+
+    def full_for(path, write):
+        if Path(path).name == name:
+            calls.append(path)
+            if name != "metrics.csv" or len(calls) > 1:      # metrics.csv: the second write fails
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, write)
+
+    monkeypatch.setattr(fsutil, "atomic_write", full_for)
+    code, _, err = run_main(train_argv(data, out, epochs=2), capsys)
+    assert code == 1, err
+    assert_one_line_error(err, name, "No space left on device", "intact")
+    assert not [p for p in out.rglob("*") if p.name.endswith(fsutil.TMP_SUFFIX)]
+    if name == "config.yaml":
+        assert not (out / "config.yaml").exists()          # not a 0-byte file
+    if name == "metrics.csv":
+        assert len((out / "metrics.csv").read_text().splitlines()) == 2   # header + epoch 1, intact
