@@ -182,3 +182,23 @@ def test_a_killed_cache_write_leaves_only_a_temp_never_a_half_cache(tmp_path, mo
 def test_missing_image_path_for_load_image_is_usage_error(tmp_path):
     with pytest.raises(UsageError):
         folder.load_image(tmp_path / "nope.png")
+
+
+def test_engine_fit_refuses_unlearnable_data_before_building(tmp_path):
+    """Library callers who build a Dataset themselves get the same checks as the CLI's folders."""
+    import torch
+    from reliability_helpers import tiny_config, tiny_dataset
+
+    from resnet_cifar import engine
+    from resnet_cifar.data import Dataset
+
+    ds = tiny_dataset()
+    flat = Dataset(name="mine", train_x=ds.train_x, train_y=ds.train_y, test_x=None, test_y=None,
+                   classes=ds.classes, mean=ds.mean, std=(0.25, 0.25, 0.0))
+    with pytest.raises(UsageError, match="blue channel"):
+        engine.fit(tiny_config(out=str(tmp_path / "a")), flat, tmp_path / "a")
+    one = Dataset(name="mine", train_x=ds.train_x, train_y=torch.zeros_like(ds.train_y), test_x=None, test_y=None,
+                  classes=ds.classes, mean=ds.mean, std=ds.std)
+    with pytest.raises(UsageError, match="1 class"):
+        engine.fit(tiny_config(out=str(tmp_path / "b")), one, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

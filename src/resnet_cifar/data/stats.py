@@ -60,6 +60,16 @@ def check_channels(std, where: str) -> None:
                          f"divide by zero; add images with varied colour or remove the constant ones")
 
 
+def check_trainable(ds: Dataset) -> None:
+    """UsageError unless a classifier can learn from `ds`: at least 2 classes with training images,
+    and no normalisation std of 0 (see check_channels). Cheap; runs before a model is built."""
+    present = int(torch.unique(ds.train_y).numel()) if ds.train_y is not None and len(ds.train_y) else 0
+    if ds.num_classes < 2 or present < 2:
+        raise UsageError(f"the {ds.name} training data has {present} class(es) with images "
+                         f"({ds.num_classes} named); a classifier needs at least 2: add images of another class")
+    check_channels(ds.std, f"the {ds.name} dataset")
+
+
 def _per_class(y: torch.Tensor | None, classes: list[str]) -> dict[str, int] | None:
     if y is None:
         return None
