@@ -1,5 +1,6 @@
 """What a run writes besides checkpoints: metrics.csv, TensorBoard scalars, results.json and
-predictions.npz (the test split, evaluated once on the chosen weights)."""
+predictions.npz (the test split, evaluated once on the chosen weights). Every file is written
+atomically (fsutil); a full disk is one WorkError line and leaves the previous file intact."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import checkpoint as ckpt
+from .. import fsutil
 from ..compute import eval_flops, train_flops
 from ..tta import TTA_VIEWS
 
@@ -26,11 +27,11 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     for row in rows:
         w.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_FIELDS})
-    ckpt.atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    fsutil.write_text(path, buf.getvalue(), what="metrics.csv")
 
 
 def write_json(path: Path, data: dict) -> None:
-    ckpt.atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
+    fsutil.write_text(path, json.dumps(data, indent=2), what=path.name)
 
 
 class Scalars:
@@ -113,4 +114,4 @@ def empty_evaluation() -> dict[str, Any]:
 
 def write_predictions(path: Path, predictions: dict | None) -> None:
     if predictions is not None:
-        np.savez(path, **predictions)
+        fsutil.write_npz(path, what="predictions.npz", **predictions)
