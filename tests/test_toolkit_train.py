@@ -87,7 +87,7 @@ def _setup(model, optimizer, clip=0.0):
 
 
 def test_sam_step_keeps_the_first_pass_bn_statistics_and_moves_the_weights():
-    from resnet_cifar.optim import SAM
+    from resnet_cifar.sam import SAM
 
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=4, width=0.25).train()

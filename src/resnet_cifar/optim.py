@@ -1,108 +1,81 @@
-"""Sharpness-Aware Minimisation (Foret et al., ICLR 2021) over a base optimizer, and its BN helper.
+"""Optimiser pieces of the speedrun recipe: parameter groups with their own lr scale, a triangular schedule.
 
-One SAM update takes two forward/backward passes over the same batch:
+airbench94's hyperparameters (PyPI airbench 0.1.8, `lib_airbench94.py` and `utils.train`) are
+"decoupled": lr 11.5 and weight decay 0.0153 per 1,024 examples, Nesterov momentum 0.85, on the
+*sum* of the per-image losses. This engine averages the loss over the batch, so the same steps are
+(`sgd_hyperparameters`):
 
-    loss(w).backward()          # pass 1: g = grad at w (accumulated over micro-batches, all-reduced)
-    sam.first_step()            # w <- w + rho * g / ||g||   (the ascent step; remembered per param)
-    sam.zero_grad()
-    with frozen_bn_stats(model):
-        loss(w + e).backward()  # pass 2: the gradient at the perturbed weights
-    sam.second_step()           # w <- w - e, then the base optimizer's step with that gradient
+    lr           = 11.5 / (1 + 1 / (1 - 0.85)) * batch / 1024     (1.50 at batch 1024)
+    weight_decay = 0.0153 / 11.5                                   (1.33e-3, any batch size)
 
-`adaptive` is off (the original SAM; ||g|| is the global L2 norm over all parameters), as in
-davda54/sam with its defaults. BatchNorm running statistics are those of the first pass only: the
-second pass sees perturbed weights, so `frozen_bn_stats` puts the buffers back as they were.
-
-The learning rate and other hyperparameters live in the shared param_groups (a scheduler or the
-engine sets them on the SAM object as on any optimizer); the state that matters for resume (the
-base optimizer's momentum buffers) is what state_dict saves.
+BatchNorm biases get `bias_lr_scale` (64) times the lr and weight_decay / 64 (the same absolute
+decay per step); the whitening layer's bias learns only for the first `whiten_bias_epochs` (3)
+epochs. Groups carry `lr_scale` and `until_epoch`: `group_lr(group, lr, epoch)` is the lr a group
+gets when the schedule says `lr` (a frozen group gets 0, which also stops its weight decay; its
+gradient keeps flowing, so DDP sees the same parameters every step).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from typing import Iterator
 
-import torch
 import torch.nn as nn
 
-from .errors import UsageError
+# airbench94 hyp['opt'] (lr and weight decay per 1,024 examples of a summed loss)
+AIRBENCH_LR = 11.5
+AIRBENCH_MOMENTUM = 0.85
+AIRBENCH_WEIGHT_DECAY = 0.0153
+BIAS_LR_SCALE = 64.0
+WHITEN_BIAS_EPOCHS = 3
+# airbench94's triangle(total_steps, start=0.2, end=0.07, peak=0.23)
+TRIANGLE = dict(start=0.2, peak_at=0.23, end=0.07)
 
 
-class SAM(torch.optim.Optimizer):
-    def __init__(self, params, base: type[torch.optim.Optimizer] = torch.optim.SGD, rho: float = 0.05,
-                 **base_kwargs):
-        if not (math.isfinite(rho) and rho > 0):
-            raise UsageError(f"--sam-rho must be a finite number > 0, got {rho}")
-        super().__init__(params, {"rho": rho})
-        self.base_optimizer = base(self.param_groups, **base_kwargs)
-        self.param_groups = self.base_optimizer.param_groups  # one set of groups: lr changes reach both
-        self.defaults.update(self.base_optimizer.defaults)
-        for group in self.param_groups:
-            group.setdefault("rho", rho)
-        self._e: dict[torch.Tensor, torch.Tensor] = {}
-
-    @torch.no_grad()
-    def first_step(self) -> torch.Tensor:
-        """Move to the worst-case point within rho of the current weights; returns ||g|| (on the device)."""
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if not grads:
-            return torch.zeros(())
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        self._e.clear()
-        for group in self.param_groups:
-            scale = group["rho"] / (norm + 1e-12)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                e = p.grad * scale.to(p.grad.dtype)
-                p.add_(e)
-                self._e[p] = e
-        return norm
-
-    @torch.no_grad()
-    def second_step(self) -> None:
-        """Return to the original weights and take the base optimizer's step with the current gradient."""
-        for p, e in self._e.items():
-            p.sub_(e)
-        self._e.clear()
-        self.base_optimizer.step()
-
-    def step(self, closure=None):
-        """The whole update with a closure that does pass 2's forward/backward (torch's closure API)."""
-        if closure is None:
-            raise RuntimeError("SAM.step needs a closure (or call first_step / second_step)")
-        self.first_step()
-        self.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            loss = closure()
-        self.second_step()
-        return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.base_optimizer.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict:
-        return self.base_optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.base_optimizer.load_state_dict(state_dict)
-        self.param_groups = self.base_optimizer.param_groups
+def sgd_hyperparameters(batch_size: int, lr: float = AIRBENCH_LR, momentum: float = AIRBENCH_MOMENTUM,
+                        weight_decay: float = AIRBENCH_WEIGHT_DECAY) -> tuple[float, float]:
+    """airbench's decoupled (lr, weight decay) -> torch SGD's (lr, weight_decay) for a batch-mean loss."""
+    return lr / (1 + 1 / (1 - momentum)) * batch_size / 1024, weight_decay / lr
 
 
-_BN = (nn.modules.batchnorm._BatchNorm,)
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._NormBase)
 
 
-@contextlib.contextmanager
-def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
-    """Run the block in train mode (batch statistics) but leave BN running stats as they were:
-    running mean/var and num_batches_tracked are copied before and written back after."""
-    saved = [(b, b.clone()) for m in model.modules() if isinstance(m, _BN)
-             for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for b, s in saved:
-                b.copy_(s)
+def speedrun_param_groups(model: nn.Module, weight_decay: float, bias_lr_scale: float = BIAS_LR_SCALE,
+                          whiten_bias_epochs: int = WHITEN_BIAS_EPOCHS) -> list[dict]:
+    """Trainable parameters in three groups: norm biases (lr x scale, decay / scale), the whitening
+    bias (until `whiten_bias_epochs`), everything else. Empty groups are left out."""
+    norm_ids = {id(p) for m in model.modules() if _is_norm(m) for p in m.parameters(recurse=False)}
+    whiten = getattr(model, "whiten", None)
+    whiten_ids = {id(p) for p in whiten.parameters()} if isinstance(whiten, nn.Module) else set()
+    norm, white, rest = [], [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (norm if id(p) in norm_ids else white if id(p) in whiten_ids else rest).append(p)
+    groups = [
+        {"params": norm, "lr_scale": bias_lr_scale, "weight_decay": weight_decay / bias_lr_scale},
+        {"params": white, "lr_scale": 1.0, "weight_decay": weight_decay, "until_epoch": whiten_bias_epochs},
+        {"params": rest, "lr_scale": 1.0, "weight_decay": weight_decay},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def group_lr(group: dict, lr: float, epoch: int) -> float:
+    """The lr of `group` in (0-based) `epoch` when the schedule gives `lr`."""
+    if epoch >= group.get("until_epoch", math.inf):
+        return 0.0
+    return lr * group.get("lr_scale", 1.0)
+
+
+def triangle(step: int, total_steps: int, start: float = TRIANGLE["start"], peak_at: float = TRIANGLE["peak_at"],
+             end: float = TRIANGLE["end"]) -> float:
+    """lr factor for (0-based) `step`: linear from `start` to 1 at int(peak_at * total), then to `end`.
+
+    Equals airbench's `triangle(...)[step]`, which its LambdaLR reads before each step.
+    """
+    peak = int(peak_at * total_steps)
+    if step < peak:
+        return start + (1.0 - start) * step / peak
+    if total_steps == peak:
+        return 1.0
+    return 1.0 + (end - 1.0) * (min(step, total_steps) - peak) / (total_steps - peak)

@@ -41,9 +41,11 @@ class Silent:
 
 
 class Console(Silent):
-    """A tqdm bar per epoch when stderr is a terminal; otherwise one line per epoch and no bar noise."""
+    """A tqdm bar per epoch when stderr is a terminal; otherwise a line per epoch, and within an epoch
+    a progress line every `line_every` seconds (a log shows that a long CPU epoch is moving)."""
 
-    def __init__(self, stream=None, bar: bool | None = None, refresh: float = 1.0):
+    def __init__(self, stream=None, bar: bool | None = None, refresh: float = 1.0, line_every: float = 60.0,
+                 clock=time.perf_counter):
         self.stream = stream or sys.stderr
         if bar is None:
             bar = self.stream.isatty() and not os.environ.get("RESNET_CIFAR_NO_PROGRESS")
@@ -54,6 +56,9 @@ class Console(Silent):
         self._last = 0.0
         self._t0 = 0.0
         self._images = 0
+        self.line_every, self.clock = line_every, clock
+        self._where = (0, 0, 0, 0)      # epoch, epochs, steps, step
+        self._last_line = 0.0
 
     def log(self, message: str) -> None:
         if self.bar is not None:
@@ -63,6 +68,7 @@ class Console(Silent):
 
     def epoch_start(self, epoch, epochs, steps, start=0):
         self._t0, self._images, self._last = time.perf_counter(), 0, 0.0
+        self._where, self._last_line = (epoch, epochs, steps, start), self.clock()
         if self.use_bar:
             from tqdm import tqdm
 
@@ -71,7 +77,16 @@ class Console(Silent):
 
     def step(self, images, sums):
         self._images += images
+        epoch, epochs, steps, i = self._where
+        self._where = (epoch, epochs, steps, i + 1)
         if self.bar is None:
+            now = self.clock()
+            if now - self._last_line >= self.line_every:
+                self._last_line = now
+                loss_sum, correct, count = (float(v) for v in sums)  # sync point, once a minute
+                rate = self._images / max(time.perf_counter() - self._t0, 1e-9)
+                self.log(f"epoch {epoch}/{epochs} step {i + 1}/{steps}: loss {loss_sum / max(count, 1):.4f} "
+                         f"acc {correct / max(count, 1):.4f} | {rate:.0f} img/s{self.eta_note}")
             return
         self.bar.update(1)
         now = time.perf_counter()

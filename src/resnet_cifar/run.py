@@ -24,6 +24,7 @@ from . import data as data_mod
 from . import distributed, engine, runtime
 from .config import Config, from_dict
 from .errors import UsageError
+from .estimate import cpu_advice, device_description
 from .progress import Silent
 
 
@@ -154,11 +155,15 @@ def train(cfg: Config | None = None, *, resume: str | Path | None = None, device
             plan = plan_new(cfg, seeds=seeds, overwrite=overwrite, world=world, log=progress.log)
         first = plan.runs[0].cfg
         runtime.configure_threads()
-        engine.setup(first, world)  # the device, flags and the world's refusals, before any data is loaded
+        device = engine.setup(first, world)  # the device, flags and the world's refusals, before any data is loaded
+        progress.log(f"device: {device_description(device)}")
         data = _load_data(first, world, progress.log)
         if world.is_main:
             take_run_dir(plan)
             progress.log(_describe(first, data, world, plan.out))
+            advice = cpu_advice(first, data.num_classes, _num_train(first, data), device)
+            if advice:
+                progress.log(advice)
         for r in plan.runs:
             _train_one(r, data, world, progress, on_result)
         if len(plan.runs) > 1 and world.is_main:
@@ -182,8 +187,12 @@ def _load_data(cfg: Config, world, log):
         cfg.dataset, cfg.data_dir, download=cfg.download and cfg.dataset != "folder", log=log), world)
 
 
+def _num_train(cfg: Config, data) -> int:
+    return cfg.train_subset or len(data.train_y) - cfg.val_size
+
+
 def _describe(cfg: Config, data, world, out: Path) -> str:
-    n_train = cfg.train_subset or len(data.train_y) - cfg.val_size
+    n_train = _num_train(cfg, data)
     return (f"{cfg.model} on {cfg.dataset}: {n_train} train / {cfg.val_size} val images, "
             f"{cfg.epochs} epochs, global batch {cfg.batch_size} "
             f"= {cfg.batch_size // cfg.accum_steps // max(world.size, 1)} per device x {world.size} "

@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..errors import UsageError
 from .resnet import (BasicBlock, Bottleneck, CifarResNet, PreActBlock, ResNet,
                      init_weights)
+from .speedrun import SpeedrunResNet
 from .wide import WideResNet
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -31,6 +32,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "wrn16_8": partial(WideResNet, 16, 8),
     "wrn28_10": partial(WideResNet, 28, 10),
     "wrn40_4": partial(WideResNet, 40, 4),
+    "speedrun_resnet": SpeedrunResNet,
 }
 # Models with a dropout rate (`build_model(..., dropout=P)`, train's --dropout).
 _WITH_DROPOUT = ("wrn16_8", "wrn28_10", "wrn40_4")
@@ -60,6 +62,8 @@ def build_model(name: str, num_classes: int = 10, width: float = 1.0,
         raise UsageError(f"model {name!r} has no dropout; use one of {', '.join(_WITH_DROPOUT)} or --dropout 0")
     extra = {"dropout": dropout} if dropout else {}
     model = _REGISTRY[name](num_classes=num_classes, width=width, **extra)
+    if getattr(model, "own_init", False):  # e.g. speedrun_resnet: dirac convs, frozen whitening
+        return model
     return init_weights(model, zero_init_residual)
 
 

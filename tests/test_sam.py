@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from resnet_cifar.errors import UsageError
 from resnet_cifar.models import build_model
-from resnet_cifar.optim import SAM, frozen_bn_stats
+from resnet_cifar.sam import SAM, frozen_bn_stats
 
 
 def _loss(w, x, y):
