@@ -1,0 +1,434 @@
+"""The run directory as a claimed place: can it be written, who holds it, may --overwrite replace it.
+
+- `claim(path, ...)` checks an `--out` or `--resume` path up front (a symbolic link, a file, a path
+  that cannot be created), creates the directory and takes its lock, all before any data loads.
+  A refused or abandoned claim removes what it created, so a failed start leaves nothing behind.
+- `RunLock`: one run per directory. An exclusive kernel lock (`flock`) on `RUN_DIR/.resnet-cifar.lock`,
+  which also holds the holder's pid, host, start time and command. The kernel drops the lock when
+  its process dies, so the lock of a killed run is never in the way; the holder info it left says
+  that it ended without releasing, and the next claim names it.
+- The `--overwrite` rule: a directory is replaced only when resnet-cifar provably made it (its
+  lock, a checkpoint or results carrying the format tag) and it holds nothing else than what a
+  run writes (`foreign_entries`). A folder of yours that merely has a `config.yaml` is refused.
+- `config_edits`: which keys of `RUN_DIR/config.yaml` were edited by hand since the run wrote it.
+
+POSIX only (fcntl), like the rest of the package's process handling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import FORMAT
+from .distributed import RESTART_MARKER
+from .errors import UsageError, WorkError
+
+LOCK_NAME = ".resnet-cifar.lock"
+SEEDS_FILE = "seeds.json"     # in a --seeds parent: the seeds and the base config (see run.py)
+# What a run writes at the top of its directory; a --seeds parent also holds seed-N/ run directories.
+RUN_FILES = frozenset({"config.yaml", "metrics.csv", "results.json", "predictions.npz", "summary.json",
+                       SEEDS_FILE, LOCK_NAME, RESTART_MARKER})
+FILE_DIRS = frozenset({"checkpoints", "report", "tensorboard"})   # folders of plain files only
+SEED_DIR = re.compile(r"seed-\d+")
+TEMP_FILE = re.compile(r"\..+\.tmp")                              # an atomic write cut short
+PROOF_JSON = ("results.json", "summary.json", SEEDS_FILE)
+PROOF_CHECKPOINTS = ("checkpoints/last.pt", "checkpoints/best.pt")
+HOLDER_MAX_BYTES = 4096
+
+
+def _strerror(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
+
+# ------------------------------------------------------------------------------------ the lock
+def describe_holder(info: dict | None) -> str:
+    if not info:
+        return "a process that has not written its details yet"
+    started = info.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)) if isinstance(started, (int, float)) else "?"
+    return f"pid {info.get('pid', '?')} on {info.get('host', '?')}, started {when} ({info.get('command', '?')})"
+
+
+def _read_holder(fd: int) -> dict | None:
+    try:
+        raw = os.pread(fd, HOLDER_MAX_BYTES, 0)
+        info = json.loads(raw.decode("utf-8")) if raw.strip() else None
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("format") == FORMAT else None
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on one run directory, held by this process until `release`."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK_NAME
+        self.previous: dict | None = None     # the holder info found when the lock was taken
+        self.created_file = False              # this lock created the file (a refused claim removes it)
+        self._fd: int | None = None
+        self._info: dict = {}
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, command: str) -> None:
+        """Take the lock or raise UsageError naming its holder. `previous` tells of the last holder."""
+        import fcntl
+
+        for _ in range(10):   # the file may be removed (by a releasing claim) between open and flock
+            try:
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                    self.created_file = True
+                except FileExistsError:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as e:
+                raise UsageError(f"cannot write in run directory {str(self.directory)!r} ({_strerror(e)}); "
+                                 "choose a writable --out") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise UsageError(f"{str(self.directory)!r} is in use by another run: {describe_holder(holder)}; "
+                                 "wait for it to end or stop it, or choose another directory") from None
+            except OSError as e:
+                os.close(fd)
+                raise UsageError(f"cannot lock run directory {str(self.directory)!r} ({_strerror(e)}: the file "
+                                 "system has no locks); choose an --out on a local disk") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        else:
+            raise WorkError(f"could not lock {str(self.path)!r}: it keeps being replaced; is another tool "
+                            "deleting files in that directory?")
+        self._fd = fd
+        self.previous = _read_holder(fd)
+        self._info = {"format": FORMAT, "pid": os.getpid(), "host": socket.gethostname(),
+                      "started": time.time(), "command": command[:200]}
+        self._write(self._info)
+
+    def stale_note(self) -> str | None:
+        """One line about a previous holder that died holding the lock (killed, power cut), if any."""
+        p = self.previous
+        if not p or p.get("released"):
+            return None
+        return (f"{self.directory}: the previous run here ({describe_holder(p)}) ended without releasing its "
+                "lock (killed?); taking it over")
+
+    def _write(self, info: dict) -> None:
+        data = json.dumps(info).encode("utf-8")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, data, 0)
+        os.fsync(self._fd)
+
+    def release(self, remove: bool = False) -> None:
+        """Let go; the file keeps the holder info marked released (or is removed with `remove`)."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if remove:
+                self.path.unlink(missing_ok=True)
+            else:
+                self._info["released"] = time.time()
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(self._info).encode("utf-8"), 0)
+        except OSError:
+            pass   # a vanished or full directory: the kernel lock still goes with the close
+        finally:
+            os.close(fd)
+
+
+# ------------------------------------------------------------------------- what made this folder
+def _json_tagged(path: Path) -> bool:
+    try:
+        if path.stat().st_size > (16 << 20):
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def _lock_tagged(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return _read_holder(fd) is not None
+    finally:
+        os.close(fd)
+
+
+def _checkpoint_tagged(path: Path) -> bool:
+    """True when `path` is a checkpoint saved by this package (read without loading its tensors)."""
+    if not path.is_file():
+        return False
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - anything unreadable is simply no proof
+        return False
+    return isinstance(state, dict) and state.get("format") == FORMAT
+
+
+def proof(directory: str | Path, lock_info: dict | None | bool = True) -> str | None:
+    """What shows that resnet-cifar made `directory` (a path relative to it), or None.
+
+    Its lock file with holder info, results/summary/seeds JSON with the format tag, or a
+    checkpoint with it; a --seeds parent also by its seed-N run directories, each proven.
+    `lock_info`: the holder info the lock held before this process took it (True: read the file).
+    """
+    d = Path(directory)
+    if _lock_tagged(d / LOCK_NAME) if lock_info is True else bool(lock_info):
+        return LOCK_NAME
+    for name in PROOF_JSON:
+        if _json_tagged(d / name):
+            return name
+    for name in PROOF_CHECKPOINTS:
+        if _checkpoint_tagged(d / name):
+            return name
+    seeds = sorted(p for p in d.iterdir() if p.is_dir() and SEED_DIR.fullmatch(p.name)) if d.is_dir() else []
+    children = [proof(s) for s in seeds]
+    if seeds and all(children):
+        return f"{seeds[0].name}/{children[0]}"
+    return None
+
+
+def _kind(entry: os.DirEntry) -> str:
+    if entry.is_symlink():
+        return "link"
+    if entry.is_dir(follow_symlinks=False):
+        return "dir"
+    return "file" if entry.is_file(follow_symlinks=False) else "other"
+
+
+def foreign_entries(directory: str | Path, _prefix: str = "") -> list[str]:
+    """Everything in `directory` that no run writes (relative paths; links and special files too)."""
+    found = []
+    for e in sorted(os.scandir(directory), key=lambda e: e.name):
+        kind, name = _kind(e), _prefix + e.name
+        if kind == "file" and (e.name in RUN_FILES or TEMP_FILE.fullmatch(e.name)):
+            continue
+        if kind == "dir" and e.name in FILE_DIRS:
+            found += [f"{name}/{s.name}" for s in sorted(os.scandir(e.path), key=lambda s: s.name)
+                      if _kind(s) != "file" or (e.name == "checkpoints" and not (
+                          s.name.endswith(".pt") or TEMP_FILE.fullmatch(s.name)))]
+            continue
+        if kind == "dir" and not _prefix and SEED_DIR.fullmatch(e.name):
+            found += foreign_entries(e.path, name + "/")
+            continue
+        found.append(name + {"dir": "/", "link": " (a symbolic link)", "other": " (not a regular file)"}.get(kind, ""))
+    return found
+
+
+def check_replaceable(directory: str | Path, lock_info: dict | None | bool = True) -> None:
+    """Raise UsageError unless --overwrite may delete `directory` (see the module's docstring);
+    `lock_info` as for `proof`."""
+    d = str(directory)
+    foreign = foreign_entries(directory)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise UsageError(f"--overwrite refuses to delete {d!r}: it holds {', '.join(foreign[:3])}{more}, which no "
+                         "resnet-cifar run writes; move those away, or choose another --out")
+    if proof(directory, lock_info) is None:
+        raise UsageError(f"--overwrite refuses to delete {d!r}: nothing in it shows that resnet-cifar made it (no "
+                         f"checkpoint or results with the {FORMAT!r} tag); delete it yourself if it is a run "
+                         "directory, or choose another --out")
+
+
+def clear(directory: str | Path) -> None:
+    """Delete everything in a run directory except its lock (which the caller holds)."""
+    for e in os.scandir(directory):
+        if e.name == LOCK_NAME:
+            continue
+        if _kind(e) == "dir":
+            shutil.rmtree(e.path)
+        else:
+            os.unlink(e.path)
+
+
+def is_empty(directory: Path) -> bool:
+    """No entries but the lock and the torchrun restart marker."""
+    return all(e.name in (LOCK_NAME, RESTART_MARKER) for e in os.scandir(directory))
+
+
+# ------------------------------------------------------------------------------------ the claim
+def _make_dirs(path: Path, flag: str) -> list[Path]:
+    """Create `path` and its missing parents; return those created (outermost first)."""
+    missing, p = [], path
+    while not (p.exists() or p.is_symlink()):
+        missing.append(p)
+        p = p.parent
+    if not p.is_dir():
+        raise UsageError(f"{flag} {str(path)!r}: {str(p)!r} is a file, not a directory; choose a path in a directory")
+    created = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except OSError as e:
+            _remove_dirs(created)
+            raise UsageError(f"{flag} {str(path)!r}: cannot create {str(d)!r} ({_strerror(e)}); "
+                             "choose a writable path") from None
+        created.append(d)
+    return created
+
+
+def _remove_dirs(created: list[Path]) -> None:
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+@dataclass
+class Claim:
+    """A run directory this process holds: locked, checked, and created if it was missing."""
+    path: Path
+    locks: list[RunLock]
+    created: list[Path] = field(default_factory=list)
+    replace: bool = False      # --overwrite of an existing run: `replace_old()` deletes it
+
+    def notes(self) -> list[str]:
+        return [n for n in (lock.stale_note() for lock in self.locks) if n]
+
+    def replace_old(self) -> None:
+        """Carry out --overwrite (call it once the data has loaded, so a bad start loses nothing)."""
+        if self.replace:
+            clear(self.path)
+            self.replace = False
+
+    def check_alive(self) -> None:
+        """Raise WorkError when the run directory was deleted or moved away while the run held it."""
+        if not (self.path / LOCK_NAME).is_file():
+            raise WorkError(f"the run directory {str(self.path)!r} was deleted or moved while the run was going; "
+                            "stopping (it is not re-created)")
+
+    def release(self, refused: bool = False) -> None:
+        """Unlock. A directory that holds nothing but the lock is removed again if this claim made it;
+        `refused`: the claim failed, so a lock file it created is removed wherever it is."""
+        own = self.locks[0]
+        try:
+            bare = own.path.parent.is_dir() and is_empty(own.path.parent)
+        except OSError:
+            bare = False
+        for lock in reversed(self.locks[1:]):
+            lock.release(remove=refused and lock.created_file)
+        own.release(remove=bare or (refused and own.created_file))
+        if bare and self.created:
+            _remove_dirs(self.created)
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+
+def _refuse_link(path: Path, flag: str) -> None:
+    if path.is_symlink():
+        raise UsageError(f"{flag} {str(path)!r} is a symbolic link (to {os.readlink(path)!r}); pass the real "
+                         "directory instead")
+
+
+def _seeds_parent(path: Path) -> Path | None:
+    parent = path.parent
+    return parent if _json_tagged(parent / SEEDS_FILE) else None
+
+
+def claim(path: str | Path, *, command: str, overwrite: bool = False, resume: bool = False) -> Claim:
+    """Claim `path` for one run (see the module's docstring). UsageError, with nothing left behind, when
+    it cannot be: a link or a file, not creatable or writable, locked by another run, not empty
+    (without --overwrite), or not provably a run directory (with it)."""
+    path = Path(path)
+    flag = "--resume" if resume else "--out"
+    _refuse_link(path, flag)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {str(path)!r} is a file; choose a directory path")
+    if resume and not path.is_dir():
+        raise UsageError(f"--resume {str(path)!r} does not exist; pass the run directory of an earlier "
+                         "`resnet-cifar train`")
+    created = _make_dirs(path, flag)
+    c = Claim(path, [RunLock(path)], created)
+    try:
+        c.locks[0].acquire(command)
+        parent = _seeds_parent(path)
+        if parent is not None:   # a seed of a --seeds run: its parent must not be running either
+            c.locks.append(RunLock(parent))
+            c.locks[1].acquire(command)
+        if not resume and not is_empty(path):
+            if not overwrite:
+                raise UsageError(f"--out {str(path)!r} exists and is not empty; pass --overwrite to replace it, "
+                                 f"--resume {path} to continue it, or choose another --out")
+            check_replaceable(path, c.locks[0].previous)
+            c.replace = True
+    except BaseException:
+        c.release(refused=True)
+        raise
+    return c
+
+
+# ------------------------------------------------------------------------------ config.yaml edits
+def _short(value, limit: int = 60) -> str:
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    return r.repr(value)
+
+
+def config_edits(run_dir: str | Path, saved: dict, ignore: tuple[str, ...] = ("device",)) -> list[str]:
+    """Keys of RUN_DIR/config.yaml that differ from `saved` (the checkpoint's config), one 'key: old -> new'
+    each; ['config.yaml: ...'] when it cannot be read as a mapping; [] when it is missing or unedited."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return []
+    import yaml
+
+    try:
+        if path.stat().st_size > (1 << 20):
+            return ["config.yaml: larger than 1 MiB, not the file a run writes"]
+        now = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        return [f"config.yaml: unreadable ({type(e).__name__})"]
+    if not isinstance(now, dict):
+        return [f"config.yaml: not a mapping of keys ({type(now).__name__})"]
+    keys = [k for k in saved if k not in ignore] + [k for k in now if k not in saved and k not in ignore]
+    out = []
+    for k in keys:
+        if k not in now:
+            out.append(f"{k}: removed (was {_short(saved[k])})")
+        elif k not in saved:
+            out.append(f"{_short(k)}: added ({_short(now[k])})")
+        elif now[k] != saved[k] or isinstance(now[k], bool) != isinstance(saved[k], bool):
+            out.append(f"{k}: {_short(saved[k])} -> {_short(now[k])}")
+    return out
+
+
+def check_config_unedited(run_dir: str | Path, saved: dict) -> None:
+    """Raise UsageError naming the hand edits of RUN_DIR/config.yaml (a resume would overwrite them)."""
+    edits = config_edits(run_dir, saved)
+    if edits:
+        more = f" and {len(edits) - 5} more" if len(edits) > 5 else ""
+        raise UsageError(f"{Path(run_dir) / 'config.yaml'} was edited after the run wrote it ({'; '.join(edits[:5])}"
+                         f"{more}); --resume continues with the run's own config (saved in its checkpoint) and "
+                         "would overwrite the edit: undo it, or start a new run from it with "
+                         f"--config {Path(run_dir) / 'config.yaml'} --out NEW_DIR")
