@@ -3,16 +3,11 @@
 - `claim(path, ...)` checks an `--out` or `--resume` path up front (a symbolic link, a file, a path
   that cannot be created), creates the directory and takes its lock, all before any data loads.
   A refused or abandoned claim removes what it created, so a failed start leaves nothing behind.
-- `RunLock`: one run per directory. An exclusive kernel lock (`flock`) on `RUN_DIR/.resnet-cifar.lock`,
-  which also holds the holder's pid, host, start time and command. The kernel drops the lock when
-  its process dies, so the lock of a killed run is never in the way; the holder info it left says
-  that it ended without releasing, and the next claim names it.
+- One run per directory: the claim holds its `runlock.RunLock` until the run ends.
 - The `--overwrite` rule: a directory is replaced only when resnet-cifar provably made it (its
   lock, a checkpoint or results carrying the format tag) and it holds nothing else than what a
   run writes (`foreign_entries`). A folder of yours that merely has a `config.yaml` is refused.
 - `config_edits`: which keys of `RUN_DIR/config.yaml` were edited by hand since the run wrote it.
-
-POSIX only (fcntl), like the rest of the package's process handling.
 """
 
 from __future__ import annotations
@@ -21,16 +16,14 @@ import json
 import os
 import re
 import shutil
-import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import FORMAT
 from .distributed import RESTART_MARKER
 from .errors import UsageError, WorkError
+from .runlock import LOCK_NAME, RunLock, holder_of, os_reason
 
-LOCK_NAME = ".resnet-cifar.lock"
 SEEDS_FILE = "seeds.json"     # in a --seeds parent: the seeds and the base config (see run.py)
 # What a run writes at the top of its directory; a --seeds parent also holds seed-N/ run directories.
 RUN_FILES = frozenset({"config.yaml", "metrics.csv", "results.json", "predictions.npz", "summary.json",
@@ -40,117 +33,6 @@ SEED_DIR = re.compile(r"seed-\d+")
 TEMP_FILE = re.compile(r"\..+\.tmp")                              # an atomic write cut short
 PROOF_JSON = ("results.json", "summary.json", SEEDS_FILE)
 PROOF_CHECKPOINTS = ("checkpoints/last.pt", "checkpoints/best.pt")
-HOLDER_MAX_BYTES = 4096
-
-
-def _strerror(e: OSError) -> str:
-    return e.strerror or type(e).__name__
-
-
-# ------------------------------------------------------------------------------------ the lock
-def describe_holder(info: dict | None) -> str:
-    if not info:
-        return "a process that has not written its details yet"
-    started = info.get("started")
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)) if isinstance(started, (int, float)) else "?"
-    return f"pid {info.get('pid', '?')} on {info.get('host', '?')}, started {when} ({info.get('command', '?')})"
-
-
-def _read_holder(fd: int) -> dict | None:
-    try:
-        raw = os.pread(fd, HOLDER_MAX_BYTES, 0)
-        info = json.loads(raw.decode("utf-8")) if raw.strip() else None
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("format") == FORMAT else None
-
-
-class RunLock:
-    """An exclusive, non-blocking lock on one run directory, held by this process until `release`."""
-
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        self.path = self.directory / LOCK_NAME
-        self.previous: dict | None = None     # the holder info found when the lock was taken
-        self.created_file = False              # this lock created the file (a refused claim removes it)
-        self._fd: int | None = None
-        self._info: dict = {}
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def acquire(self, command: str) -> None:
-        """Take the lock or raise UsageError naming its holder. `previous` tells of the last holder."""
-        import fcntl
-
-        for _ in range(10):   # the file may be removed (by a releasing claim) between open and flock
-            try:
-                try:
-                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                    self.created_file = True
-                except FileExistsError:
-                    fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
-            except OSError as e:
-                raise UsageError(f"cannot write in run directory {str(self.directory)!r} ({_strerror(e)}); "
-                                 "choose a writable --out") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise UsageError(f"{str(self.directory)!r} is in use by another run: {describe_holder(holder)}; "
-                                 "wait for it to end or stop it, or choose another directory") from None
-            except OSError as e:
-                os.close(fd)
-                raise UsageError(f"cannot lock run directory {str(self.directory)!r} ({_strerror(e)}: the file "
-                                 "system has no locks); choose an --out on a local disk") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        else:
-            raise WorkError(f"could not lock {str(self.path)!r}: it keeps being replaced; is another tool "
-                            "deleting files in that directory?")
-        self._fd = fd
-        self.previous = _read_holder(fd)
-        self._info = {"format": FORMAT, "pid": os.getpid(), "host": socket.gethostname(),
-                      "started": time.time(), "command": command[:200]}
-        self._write(self._info)
-
-    def stale_note(self) -> str | None:
-        """One line about a previous holder that died holding the lock (killed, power cut), if any."""
-        p = self.previous
-        if not p or p.get("released"):
-            return None
-        return (f"{self.directory}: the previous run here ({describe_holder(p)}) ended without releasing its "
-                "lock (killed?); taking it over")
-
-    def _write(self, info: dict) -> None:
-        data = json.dumps(info).encode("utf-8")
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
-        os.fsync(self._fd)
-
-    def release(self, remove: bool = False) -> None:
-        """Let go; the file keeps the holder info marked released (or is removed with `remove`)."""
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        try:
-            if remove:
-                self.path.unlink(missing_ok=True)
-            else:
-                self._info["released"] = time.time()
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, json.dumps(self._info).encode("utf-8"), 0)
-        except OSError:
-            pass   # a vanished or full directory: the kernel lock still goes with the close
-        finally:
-            os.close(fd)
 
 
 # ------------------------------------------------------------------------- what made this folder
@@ -162,17 +44,6 @@ def _json_tagged(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and data.get("format") == FORMAT
-
-
-def _lock_tagged(path: Path) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return _read_holder(fd) is not None
-    finally:
-        os.close(fd)
 
 
 def _checkpoint_tagged(path: Path) -> bool:
@@ -196,7 +67,8 @@ def proof(directory: str | Path, lock_info: dict | None | bool = True) -> str | 
     `lock_info`: the holder info the lock held before this process took it (True: read the file).
     """
     d = Path(directory)
-    if _lock_tagged(d / LOCK_NAME) if lock_info is True else bool(lock_info):
+    had_holder = (holder_of(d / LOCK_NAME) is not None) if lock_info is True else bool(lock_info)
+    if had_holder:   # a run of this tool claimed it (perhaps killed before its first checkpoint)
         return LOCK_NAME
     for name in PROOF_JSON:
         if _json_tagged(d / name):
@@ -284,7 +156,7 @@ def _make_dirs(path: Path, flag: str) -> list[Path]:
             d.mkdir()
         except OSError as e:
             _remove_dirs(created)
-            raise UsageError(f"{flag} {str(path)!r}: cannot create {str(d)!r} ({_strerror(e)}); "
+            raise UsageError(f"{flag} {str(path)!r}: cannot create {str(d)!r} ({os_reason(e)}); "
                              "choose a writable path") from None
         created.append(d)
     return created
