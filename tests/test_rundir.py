@@ -81,7 +81,7 @@ def test_overwrite_keeps_a_project_that_only_has_a_config_yaml(tmp_path):
     (proj / "config.yaml").write_text("lr: 0.1\n")
     (proj / "src" / "main.py").write_text("print(1)\n")
     before = _names(proj)
-    with pytest.raises(UsageError, match=r"holds \.git/, src/, which no resnet-cifar run writes"):
+    with pytest.raises(UsageError, match=r"not a resnet-cifar run directory \(it holds \.git/, src/, which no run writes\)"):
         rundir.claim(proj, command="train", overwrite=True)
     assert _names(proj) == before              # not even a lock file is left in it
     (proj / "src" / "main.py").unlink()

@@ -117,12 +117,12 @@ def check_replaceable(directory: str | Path, lock_info: dict | None | bool = Tru
     foreign = foreign_entries(directory)
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
-        raise UsageError(f"--overwrite refuses to delete {d!r}: it holds {', '.join(foreign[:3])}{more}, which no "
-                         "resnet-cifar run writes; move those away, or choose another --out")
+        raise UsageError(f"--overwrite refuses to delete {d!r}: it is not a resnet-cifar run directory (it holds "
+                         f"{', '.join(foreign[:3])}{more}, which no run writes); move those away, or choose another --out")
     if proof(directory, lock_info) is None:
-        raise UsageError(f"--overwrite refuses to delete {d!r}: nothing in it shows that resnet-cifar made it (no "
-                         f"checkpoint or results with the {FORMAT!r} tag); delete it yourself if it is a run "
-                         "directory, or choose another --out")
+        raise UsageError(f"--overwrite refuses to delete {d!r}: it is not a resnet-cifar run directory (nothing in "
+                         f"it shows that resnet-cifar made it: no checkpoint or results with the {FORMAT!r} tag); "
+                         "delete it yourself if it is one, or choose another --out")
 
 
 def clear(directory: str | Path) -> None:
@@ -236,8 +236,8 @@ def claim(path: str | Path, *, command: str, overwrite: bool = False, resume: bo
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {str(path)!r} is a file; choose a directory path")
     if resume and not path.is_dir():
-        raise UsageError(f"--resume {str(path)!r} does not exist; pass the run directory of an earlier "
-                         "`resnet-cifar train`")
+        raise UsageError(f"--resume {str(path)!r}: no checkpoints/last.pt there (the directory does not exist); "
+                         "pass the run directory of an earlier `resnet-cifar train`")
     created = _make_dirs(path, flag)
     c = Claim(path, [RunLock(path)], created)
     try:
