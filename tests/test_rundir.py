@@ -29,6 +29,8 @@ def _run_dir(d: Path, lock: bool = False) -> Path:
     torch.save({"format": FORMAT, "model": {}}, d / "checkpoints" / "last.pt")
     (d / "report").mkdir()
     (d / "report" / "index.html").write_text("<html>")
+    (d / ".report.old.x1y2.tmp").mkdir()            # a report build cut short
+    (d / "checkpoints" / ".last.pt.a1b2.tmp").write_bytes(b"half")
     if lock:
         rundir.claim(d, command="train", resume=True).release()
     return d

@@ -30,7 +30,7 @@ RUN_FILES = frozenset({"config.yaml", "metrics.csv", "results.json", "prediction
                        SEEDS_FILE, LOCK_NAME, RESTART_MARKER})
 FILE_DIRS = frozenset({"checkpoints", "report", "tensorboard"})   # folders of plain files only
 SEED_DIR = re.compile(r"seed-\d+")
-TEMP_FILE = re.compile(r"\..+\.tmp")                              # an atomic write cut short
+TEMP_FILE = re.compile(r"\..+\.tmp")                              # an atomic write (or folder) cut short
 PROOF_JSON = ("results.json", "summary.json", SEEDS_FILE)
 PROOF_CHECKPOINTS = ("checkpoints/last.pt", "checkpoints/best.pt")
 
@@ -96,8 +96,8 @@ def foreign_entries(directory: str | Path, _prefix: str = "") -> list[str]:
     found = []
     for e in sorted(os.scandir(directory), key=lambda e: e.name):
         kind, name = _kind(e), _prefix + e.name
-        if kind == "file" and (e.name in RUN_FILES or TEMP_FILE.fullmatch(e.name)):
-            continue
+        if (kind == "file" and e.name in RUN_FILES) or (kind in ("file", "dir") and TEMP_FILE.fullmatch(e.name)):
+            continue   # temp dirs: a report build cut short
         if kind == "dir" and e.name in FILE_DIRS:
             found += [f"{name}/{s.name}" for s in sorted(os.scandir(e.path), key=lambda s: s.name)
                       if _kind(s) != "file" or (e.name == "checkpoints" and not (
