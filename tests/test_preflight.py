@@ -10,7 +10,7 @@ import pytest
 
 from resnet_cifar.errors import Interrupted, UsageError
 from resnet_cifar.interrupts import signals_interrupt
-from resnet_cifar.preflight import check_float_ranges, check_torchrun_env
+from resnet_cifar.preflight import check_rendezvous_env, check_torchrun_env
 
 GOOD = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
         "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
@@ -31,7 +31,6 @@ def test_a_whole_torchrun_environment_and_none_at_all_pass():
     ({"LOCAL_RANK": "-1"}, "LOCAL_RANK='-1' must be between 0 and"),
     ({"LOCAL_WORLD_SIZE": "3"}, "must not exceed WORLD_SIZE=2"),
     ({"LOCAL_RANK": "2"}, "must be below LOCAL_WORLD_SIZE=2"),
-    ({"MASTER_ADDR": None}, "MASTER_ADDR='' must be set when WORLD_SIZE=2"),
     ({"MASTER_PORT": "70000"}, "MASTER_PORT='70000' must be between 1 and 65535"),
     ({"MASTER_PORT": "http"}, "is not an integer"),
 ])
@@ -42,11 +41,30 @@ def test_a_broken_torchrun_environment_is_one_line(change, needle):
     assert needle in str(e.value) and "unset it to train in one process" in str(e.value)
 
 
-def test_float_upper_limits():
-    check_float_ranges({"lr": 100.0, "gamma": 1.0, "weight_decay": 5e-4})
-    for name, value in (("lr", 1e308), ("swa_lr", 1e39), ("gamma", 2.0), ("weight_decay", 11.0)):
-        with pytest.raises(UsageError, match=f"--{name.replace('_', '-')} must be <= "):
-            check_float_ranges({name: value})
+def test_the_rendezvous_address_is_needed_to_join_a_group():
+    check_rendezvous_env(GOOD)
+    for change, needle in (({"MASTER_ADDR": ""}, "MASTER_ADDR='' must be set when WORLD_SIZE > 1"),
+                           ({"MASTER_PORT": "x"}, "MASTER_PORT='x' is not an integer")):
+        with pytest.raises(UsageError, match=needle):
+            check_rendezvous_env({**GOOD, **change})
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--lr", "1e308"], "--lr must be <= 100 (a learning rate: the tutorial's is 0.1), got 1e+308"),
+    (["--swa-lr", "1e39"], "--swa-lr must be <= 100"),
+    (["--min-lr", "500"], "--min-lr must be <= 100"),
+    (["--weight-decay", "11"], "--weight-decay must be <= 10"),
+    (["--gamma", "2"], "--gamma must be <= 1"),
+    (["--swa-start", "1e300"], "--swa-start must be <= 1e+09"),
+])
+def test_floats_have_upper_limits(argv, needle):
+    from resnet_cifar.config import resolve
+
+    flag = argv[0][2:].replace("-", "_")
+    with pytest.raises(UsageError) as e:
+        resolve(flag_values={flag: float(argv[1])})
+    assert needle in str(e.value)
+    resolve(flag_values={"lr": 100.0, "gamma": 1.0, "weight_decay": 10.0})
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX signals")

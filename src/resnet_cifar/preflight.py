@@ -1,14 +1,13 @@
-"""Checks made before anything starts: before the data loads, before the process group is joined.
+"""The torchrun environment, checked before the process group is joined (`world_from_env`, `init`).
 
-Each raises a one-line UsageError (exit 2) and has no side effect. They are pure functions of
-the environment and the config, so every torchrun rank reaches the same verdict on its own,
-without a collective: a bad value stops all ranks at once instead of leaving some of them
+A one-line UsageError (exit 2) names the variable, with no side effect. It is a pure function of
+the environment, as the config's validation is of the flags, so every rank reaches the same verdict
+on its own, without a collective: bad input stops all ranks at once instead of leaving some of them
 waiting in `init_process_group` for peers that already exited.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Mapping
 
@@ -21,11 +20,6 @@ INT_VARS = {"WORLD_SIZE": 1, "RANK": 0, "LOCAL_RANK": 0, "LOCAL_WORLD_SIZE": 1, 
 MAX_PROCESSES = 1 << 20
 MAX_PORT = 65535
 
-# Upper limits of float options, where config.validate has only lower ones: far above any recipe
-# (the tutorial's lr is 0.1, large-batch recipes stay below 10) and far below float32's 3.4e38,
-# where the optimizer's update overflows with a traceback (`--lr 1e308`).
-FLOAT_LIMITS = {"lr": 100.0, "swa_lr": 100.0, "min_lr": 100.0, "weight_decay": 10.0, "gamma": 1.0,
-                "swa_start": 1e6}
 
 
 def _env_error(name: str, value: str, rule: str) -> UsageError:
@@ -63,15 +57,13 @@ def check_torchrun_env(env: Mapping[str, str] | None = None) -> None:
         raise _env_error("LOCAL_WORLD_SIZE", env["LOCAL_WORLD_SIZE"], f"must not exceed WORLD_SIZE={size}")
     if v["LOCAL_RANK"] is not None and v["LOCAL_RANK"] >= local_size:
         raise _env_error("LOCAL_RANK", env["LOCAL_RANK"], f"must be below LOCAL_WORLD_SIZE={local_size}")
+
+
+def check_rendezvous_env(env: Mapping[str, str] | None = None) -> None:
+    """MASTER_ADDR and MASTER_PORT, which joining a process group of more than one process needs."""
+    env = os.environ if env is None else env
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if not env.get(name, "").strip():
-            raise _env_error(name, env.get(name, ""), f"must be set when WORLD_SIZE={size} (the address "
-                             "of rank 0's rendezvous)")
-
-
-def check_float_ranges(values: Mapping[str, object]) -> None:
-    """The upper limits of FLOAT_LIMITS (a config's `to_dict()` or any mapping holding those keys)."""
-    for name, high in FLOAT_LIMITS.items():
-        v = values.get(name)
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > high:
-            raise UsageError(f"--{name.replace('_', '-')} must be <= {high:g}, got {v:g}")
+            raise _env_error(name, env.get(name, ""), "must be set when WORLD_SIZE > 1 (the address of "
+                             "rank 0's rendezvous)")
+    _env_int(env, "MASTER_PORT", INT_VARS["MASTER_PORT"])

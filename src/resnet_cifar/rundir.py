@@ -221,37 +221,51 @@ def _refuse_link(path: Path, flag: str) -> None:
                          "directory instead")
 
 
+def _refuse_link_or_file(path: Path) -> None:
+    _refuse_link(path, "--out")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {str(path)!r} is a file; choose a directory path")
+
+
 def _seeds_parent(path: Path) -> Path | None:
     parent = path.parent
     return parent if _json_tagged(parent / SEEDS_FILE) else None
 
 
+def check_out(path: str | Path, overwrite: bool, lock_info: dict | None | bool = True) -> None:
+    """May a new run write into `path`? Missing or empty: yes; a run directory: only with --overwrite, and
+    only one that resnet-cifar provably made (`check_replaceable`). Nothing is written here."""
+    path = Path(path)
+    _refuse_link_or_file(path)
+    if path.is_dir() and not is_empty(path):
+        if not overwrite:
+            raise UsageError(f"--out {str(path)!r} exists and is not empty; pass --overwrite to replace it, "
+                             f"--resume {path} to continue it, or choose another --out")
+        check_replaceable(path, lock_info)
+
+
 def claim(path: str | Path, *, command: str, overwrite: bool = False, resume: bool = False) -> Claim:
     """Claim `path` for one run (see the module's docstring). UsageError, with nothing left behind, when
     it cannot be: a link or a file, not creatable or writable, locked by another run, not empty
-    (without --overwrite), or not provably a run directory (with it)."""
+    (without --overwrite), or not provably a run directory (with it). `resume`: an existing run."""
     path = Path(path)
-    flag = "--resume" if resume else "--out"
-    _refuse_link(path, flag)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{flag} {str(path)!r} is a file; choose a directory path")
-    if resume and not path.is_dir():
-        raise UsageError(f"--resume {str(path)!r}: no checkpoints/last.pt there (the directory does not exist); "
-                         "pass the run directory of an earlier `resnet-cifar train`")
-    created = _make_dirs(path, flag)
-    c = Claim(path, [RunLock(path)], created)
+    if resume:
+        _refuse_link(path, "--resume")
+        if not path.is_dir():
+            raise UsageError(f"--resume {str(path)!r}: no checkpoints/last.pt there (the directory does not exist); "
+                             "pass the run directory of an earlier `resnet-cifar train`")
+    else:
+        _refuse_link_or_file(path)   # before anything is created; the rest under the lock (it may be in use)
+    c = Claim(path, [RunLock(path)], _make_dirs(path, "--resume" if resume else "--out"))
     try:
         c.locks[0].acquire(command)
         parent = _seeds_parent(path)
         if parent is not None:   # a seed of a --seeds run: its parent must not be running either
             c.locks.append(RunLock(parent))
             c.locks[1].acquire(command)
-        if not resume and not is_empty(path):
-            if not overwrite:
-                raise UsageError(f"--out {str(path)!r} exists and is not empty; pass --overwrite to replace it, "
-                                 f"--resume {path} to continue it, or choose another --out")
-            check_replaceable(path, c.locks[0].previous)
-            c.replace = True
+        if not resume:
+            check_out(path, overwrite, c.locks[0].previous)
+            c.replace = not is_empty(path)
     except BaseException:
         c.release(refused=True)
         raise
