@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from resnet_cifar.engine.signals import signals_interrupt
 from resnet_cifar.errors import Interrupted, UsageError
-from resnet_cifar.interrupts import signals_interrupt
 from resnet_cifar.preflight import check_rendezvous_env, check_torchrun_env
 
 GOOD = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",

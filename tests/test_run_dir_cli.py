@@ -19,10 +19,18 @@ import time
 from pathlib import Path
 
 import pytest
+from reliability_helpers import (
+    PY,
+    assert_one_line_error,
+    run_main,
+    start_cli,
+    subprocess_env,
+    train_argv,
+    wait_for,
+    write_folder,
+)
 
 from resnet_cifar.models.resnet import CifarResNet
-from test_reliability_support import (PY, assert_one_line_error, run_main, start_cli, subprocess_env, train_argv,
-                                      wait_for, write_folder)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX locks and signals")
 REAL_FORWARD = CifarResNet.forward
@@ -210,7 +218,7 @@ def test_resume_refuses_changed_data_and_evaluate_says_so(tmp_path, data, monkey
         shutil.copy(src, data / "train" / "c0" / f"added-{i}.png")
     code, _, err = run_main(["train", "--resume", str(run)], capsys)
     assert code == 2
-    assert_one_line_error(err, "the data differ from the run's", "train: 18 images now, 16 in the run (c0 +2)")
+    assert_one_line_error(err, "the data differ from the run's in", "last.pt", "train: 18 images now, 16 in the run (c0 +2)")
     code, out, err = run_main(["evaluate", str(run / "checkpoints" / "last.pt"), "--split", "val", "--json"],
                               capsys)
     assert code == 0, err

@@ -136,6 +136,10 @@ def clear(directory: str | Path) -> None:
             os.unlink(e.path)
 
 
+def _names(directory: Path) -> frozenset:
+    return frozenset(os.listdir(directory)) - {LOCK_NAME}
+
+
 def is_empty(directory: Path) -> bool:
     """No entries but the lock and the torchrun restart marker."""
     return all(e.name in (LOCK_NAME, RESTART_MARKER) for e in os.scandir(directory))
@@ -177,6 +181,7 @@ class Claim:
     locks: list[RunLock]
     created: list[Path] = field(default_factory=list)
     replace: bool = False      # --overwrite of an existing run: `replace_old()` deletes it
+    names: frozenset = frozenset()   # what the directory held when it was claimed (the lock aside)
 
     def notes(self) -> list[str]:
         return [n for n in (lock.stale_note() for lock in self.locks) if n]
@@ -188,22 +193,22 @@ class Claim:
             self.replace = False
 
     def check_alive(self) -> None:
-        """Raise WorkError when the run directory was deleted or moved away while the run held it."""
+        """Raise WorkError when the run directory was deleted, moved or replaced while the run held it."""
         if not (self.path / LOCK_NAME).is_file():
-            raise WorkError(f"the run directory {str(self.path)!r} was deleted or moved while the run was going; "
-                            "stopping (it is not re-created)")
+            raise _gone(self.path)
 
     def release(self, refused: bool = False) -> None:
-        """Unlock. A directory that holds nothing but the lock is removed again if this claim made it;
-        `refused`: the claim failed, so a lock file it created is removed wherever it is."""
+        """Unlock. When the run wrote nothing, leave the place as it was found: a lock file this claim
+        created is removed, and so are the directories it created. `refused`: the claim failed."""
         own = self.locks[0]
         try:
-            bare = own.path.parent.is_dir() and is_empty(own.path.parent)
+            bare = is_empty(self.path)
+            untouched = _names(self.path) == self.names
         except OSError:
-            bare = False
+            bare = untouched = False
         for lock in reversed(self.locks[1:]):
             lock.release(remove=refused and lock.created_file)
-        own.release(remove=bare or (refused and own.created_file))
+        own.release(remove=bare or (untouched and own.created_file))
         if bare and self.created:
             _remove_dirs(self.created)
 
@@ -213,6 +218,17 @@ class Claim:
     def __exit__(self, *exc) -> bool:
         self.release()
         return False
+
+
+def _gone(path: Path) -> WorkError:
+    return WorkError(f"the run directory {str(path)!r} was deleted or moved while the run was going; "
+                     "stopping (it is not re-created)")
+
+
+def check_alive(run_dir: str | Path) -> None:
+    """Raise WorkError when `run_dir` is gone (before a write that would silently create it again)."""
+    if not Path(run_dir).is_dir():
+        raise _gone(Path(run_dir))
 
 
 def _refuse_link(path: Path, flag: str) -> None:
@@ -255,10 +271,13 @@ def claim(path: str | Path, *, command: str, overwrite: bool = False, resume: bo
             raise UsageError(f"--resume {str(path)!r}: no checkpoints/last.pt there (the directory does not exist); "
                              "pass the run directory of an earlier `resnet-cifar train`")
     else:
-        _refuse_link_or_file(path)   # before anything is created; the rest under the lock (it may be in use)
+        _refuse_link_or_file(path)
+        if path.is_dir() and holder_of(path / LOCK_NAME) is None:
+            check_out(path, overwrite)   # a folder no run has claimed is refused without a file put into it
     c = Claim(path, [RunLock(path)], _make_dirs(path, "--resume" if resume else "--out"))
     try:
         c.locks[0].acquire(command)
+        c.names = _names(path)
         parent = _seeds_parent(path)
         if parent is not None:   # a seed of a --seeds run: its parent must not be running either
             c.locks.append(RunLock(parent))

@@ -68,9 +68,10 @@ def _well_formed(split: object, num_classes: int) -> bool:
     return isinstance(counts, list) and len(counts) == num_classes and all(type(c) is int for c in counts)
 
 
-def differences(saved: dict | None, now: dict) -> list[str]:
-    """How the data of fingerprint `now` differs from the run's `saved` one, one phrase each; [] when
-    they agree, or when `saved` is missing (a checkpoint from before fingerprints) or unreadable."""
+def differences(saved: dict | None, now: dict, splits: tuple[str, ...] = SPLITS) -> list[str]:
+    """How the data of fingerprint `now` differs from the run's `saved` one, one phrase each (the
+    dataset, the classes, then each of `splits`); [] when they agree, or when `saved` is missing (a
+    checkpoint from before fingerprints) or unreadable."""
     if not isinstance(saved, dict) or saved.get("version") != VERSION:
         return []
     out = []
@@ -78,7 +79,7 @@ def differences(saved: dict | None, now: dict) -> list[str]:
         out.append(f"dataset {now['dataset']!r} now, {saved.get('dataset')!r} in the run")
     if saved.get("classes") != now["classes"]:
         return out + [f"the classes differ ({len(now['classes'])} now, {len(saved.get('classes') or [])} in the run)"]
-    for name in SPLITS:
+    for name in splits:
         a, b = saved.get(name), now[name]
         same = (a is None and b is None) or (isinstance(a, dict) and b is not None and a.get("key") == b["key"])
         if not same:
@@ -90,6 +91,6 @@ def differences(saved: dict | None, now: dict) -> list[str]:
 
 
 def describe(saved: dict | None, now: dict, limit: int = 3) -> str:
-    """`differences` as one phrase ('' when the data agree)."""
+    """`differences` over all splits as one phrase ('' when the data agree)."""
     diffs = differences(saved, now)
     return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
