@@ -143,6 +143,14 @@ def plan_resume(run_dir: str | Path, *, device: str | None = None, world=None) -
     return _claimed(plan, out, world, command=f"train --resume {out}", resume=True)
 
 
+def resumed_config(run_dir: str | Path, device: str | None = None) -> Config:
+    """The config a --resume of run_dir would continue with (read only: nothing is claimed)."""
+    seeds_file = _seeds_file(Path(run_dir))
+    if seeds_file is not None:
+        return _resumed_config({"config": seeds_file["config"]}, device)
+    return _resumed_config(engine.load_resume_state(run_dir), device)
+
+
 def _finished(out: Path) -> str | None:
     """What a finished run (or --seeds set) in `out` says of itself, None when it is not finished."""
     seeds_file = _seeds_file(out)
@@ -231,8 +239,8 @@ def train(cfg: Config | None = None, *, resume: str | Path | None = None, device
         else:
             plan = plan_new(cfg, seeds=seeds, overwrite=overwrite, world=world, log=progress.log)
         if plan.finished:
-            progress.log(f"{plan.out} is finished: {plan.finished}; nothing to resume (to train on, start a new "
-                         "run with --init-from or more --epochs)")
+            progress.log(f"{plan.out} is finished: {plan.finished}; nothing to resume, nothing changed "
+                         "(to train longer, start a new run with more --epochs)")
             return plan
         try:
             _train_plan(plan, world, progress, on_result)
