@@ -94,3 +94,13 @@ def describe(saved: dict | None, now: dict, limit: int = 3) -> str:
     """`differences` over all splits as one phrase ('' when the data agree)."""
     diffs = differences(saved, now)
     return "; ".join(diffs[:limit]) + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
+def check_same(state: dict, now: dict) -> None:
+    """Raise UsageError when a checkpoint's run was trained on other data than `now` (a resume)."""
+    differs = describe(state.get("data_fingerprint"), now)
+    if differs:
+        from ..errors import UsageError
+
+        raise UsageError(f"the data differ from the run's in {state.get('path', 'last.pt')!r} ({differs}); "
+                         "resume with the data the run started on, or start a new run")

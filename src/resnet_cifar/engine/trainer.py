@@ -19,7 +19,7 @@ from .. import distributed as distm
 from .. import finite, runtime
 from ..config import Config
 from ..data import Dataset, fingerprint
-from ..errors import CheckpointError, Interrupted, UsageError, WorkError, first_line
+from ..errors import CheckpointError, Interrupted, WorkError, first_line
 from ..progress import Silent
 from ..rundir import check_alive
 from . import results as out
@@ -101,10 +101,7 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
             raise CheckpointError(f"checkpoint {state.get('path', 'last.pt')!r} does not match this run: "
                                   f"{first_line(e, 200, type(e).__name__)}") from None
-        differs = fingerprint.describe(state.get("data_fingerprint"), self.data_fingerprint)
-        if differs:   # every rank has the data and the state: the same verdict everywhere
-            raise UsageError(f"the data differ from the run's in {state.get('path', 'last.pt')!r} ({differs}); "
-                             "resume with the data the run started on, or start a new run")
+        fingerprint.check_same(state, self.data_fingerprint)   # on every rank: the same verdict everywhere
         self.state.load_state_dict(state)
 
     def save(self, name: str, model_state: dict | None = None, source: str = "raw") -> None:
@@ -123,7 +120,7 @@ class Trainer:
         self.dir_made = True
 
     def check_dir(self) -> None:
-        """Once the run directory exists, its disappearance stops the run (instead of a silent re-creation)."""
+        """Once the run directory exists, its disappearance stops the run (not a silent re-creation)."""
         if self.dir_made:
             check_alive(self.run_dir)
 
@@ -277,32 +274,35 @@ class Trainer:
         self.save("last.pt")
         with signals_interrupt(lambda s: f"stopped by signal {s} during the final test; the checkpoints are "
                                          f"complete: --resume {self.run_dir} runs the test again"):
-            return self._final_test()
+            return final_test(self)
 
-    def _final_test(self) -> dict:
-        """The test split, evaluated once, on the weights chosen on validation (rank 0 only writes it)."""
-        best_model = self._best_model()
-        ev = (out.final_evaluation(best_model, self.parts.evaluator, self.splits, tta=self.cfg.tta,
-                                   classes=self.data.classes) if self.world.is_main else out.empty_evaluation())
-        results = {"format": ckpt.FORMAT, **ev["results"], **self.best.results(), **self._facts()}
-        if self.world.is_main:
-            self.check_dir()
-            out.write_predictions(self.run_dir / "predictions.npz", ev["predictions"])
-            out.write_json(self.run_dir / "results.json", results)
-        return results
-
-    def _facts(self) -> dict:
-        cfg, st, s = self.cfg, self.state, self.splits
-        return {
-            "epochs": st.epoch, "steps": st.step, "train_seconds": st.elapsed, "time_to_acc": st.time_to_acc,
-            "skipped_steps": st.skipped_steps, "model": cfg.model, "params": self.parts.params,
-            "dataset": self.data.name, "classes": list(self.data.classes), "num_train": len(s.train_y),
-            "num_val": 0 if s.val_y is None else len(s.val_y), "num_test": 0 if s.test_y is None else len(s.test_y),
-            "device": str(self.device), "device_name": runtime.device_name(self.device), "amp": self.amp,
-            "torch_version": str(torch.__version__), "seed": cfg.seed, "world_size": self.world.size,
-            "global_batch": cfg.batch_size, "accum_steps": st.accum_steps,
-        }
-
-    def _best_model(self) -> torch.nn.Module:
+    def best_model_on_device(self) -> torch.nn.Module:
         state = distm.on_main(lambda: ckpt.load(self.ckpt_dir / "best.pt", map_location="cpu"), self.world)
         return ckpt.build_from_checkpoint(state, self.device, channels_last=self.cfg.channels_last)
+
+
+def run_facts(t: Trainer) -> dict:
+    """What results.json records of the run itself (beside the evaluation and the best-weights choice)."""
+    cfg, st, s = t.cfg, t.state, t.splits
+    return {
+        "epochs": st.epoch, "steps": st.step, "train_seconds": st.elapsed, "time_to_acc": st.time_to_acc,
+        "skipped_steps": st.skipped_steps, "model": cfg.model, "params": t.parts.params,
+        "dataset": t.data.name, "classes": list(t.data.classes), "num_train": len(s.train_y),
+        "num_val": 0 if s.val_y is None else len(s.val_y), "num_test": 0 if s.test_y is None else len(s.test_y),
+        "device": str(t.device), "device_name": runtime.device_name(t.device), "amp": t.amp,
+        "torch_version": str(torch.__version__), "seed": cfg.seed, "world_size": t.world.size,
+        "global_batch": cfg.batch_size, "accum_steps": st.accum_steps,
+    }
+
+
+def final_test(t: Trainer) -> dict:
+    """The test split, evaluated once, on the weights chosen on validation (rank 0 only writes it)."""
+    best_model = t.best_model_on_device()
+    ev = (out.final_evaluation(best_model, t.parts.evaluator, t.splits, tta=t.cfg.tta,
+                               classes=t.data.classes) if t.world.is_main else out.empty_evaluation())
+    results = {"format": ckpt.FORMAT, **ev["results"], **t.best.results(), **run_facts(t)}
+    if t.world.is_main:
+        t.check_dir()
+        out.write_predictions(t.run_dir / "predictions.npz", ev["predictions"])
+        out.write_json(t.run_dir / "results.json", results)
+    return results
