@@ -91,7 +91,7 @@ def test_overwrite_replaces_a_run_and_a_symlinked_out_is_one_line(tmp_path, data
 # ----------------------------------------------------------------------- item 2: one run per directory
 def test_a_second_train_on_the_same_out_exits_2_naming_the_holder(tmp_path, data, capsys):
     run = tmp_path / "run"
-    first = start_cli(train_argv(data, run, epochs=40, checkpoint_every=1), tmp_path)
+    first = start_cli(train_argv(data, run, epochs=300, checkpoint_every=1), tmp_path)   # stopped below
     try:
         assert wait_for(run / "checkpoints" / "last.pt", first), first.communicate()[1]
         for extra in ({}, {"overwrite": True, "seed": 3}):
@@ -151,7 +151,7 @@ def test_a_bad_flag_under_torchrun_variables_fails_fast_instead_of_waiting_for_p
 # ----------------------------------------------------------------------- item 8: --seeds as a whole
 def test_a_seeds_run_stopped_during_seed_1_resumes_and_overwrites_as_a_whole(tmp_path, data, capsys):
     parent = tmp_path / "seeds"
-    proc = start_cli(train_argv(data, parent, epochs=2, checkpoint_every=1, seeds="0,1"), tmp_path)
+    proc = start_cli(train_argv(data, parent, epochs=4, checkpoint_every=1, seeds="0,1"), tmp_path)
 
     def stop_in_seed_1():
         if wait_for(parent / "seed-1" / "checkpoints" / "last.pt", proc):
