@@ -15,8 +15,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import bounds
 from .constants import DATASETS
 from .errors import UsageError, first_line
+
+MAX_CONFIG_BYTES = 1 << 20   # a config file is a few KB; this bounds the parser's work
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("plateau", "cosine", "onecycle", "multistep", "constant")
@@ -161,6 +164,25 @@ FIELD_NAMES = tuple(f.name for f in fields(Config))
 PRESETS = tuple(PRESET_VALUES)
 
 
+def shown(value: Any) -> str:
+    """A bounded repr for error messages: a few items, a few levels, short strings (a value
+    from a file may be huge or reference itself)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
+    return r.repr(value)
+
+
+def check_plain(values: Any, where: str) -> None:
+    """UsageError unless `values` is small plain data (bounds.check_plain): runs before any value
+    is printed, compared or converted."""
+    try:
+        bounds.check_plain(values, where, tensors=False)
+    except bounds.TooLarge as e:
+        raise UsageError(f"{e}; a config holds plain keys and short values (no aliases that nest)") from None
+
+
 def _closest(name: str, options) -> str:
     match = difflib.get_close_matches(name, options, n=1)
     return f" (did you mean {match[0]!r}?)" if match else ""
@@ -171,6 +193,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"config file {str(p)!r} not found; pass an existing YAML or JSON file to --config")
+    size = p.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UsageError(f"config file {str(p)!r} is {size:,} bytes; a config is a few KB (at most "
+                         f"{MAX_CONFIG_BYTES:,}): pass the right file")
     text = p.read_text(encoding="utf-8", errors="replace")
     try:
         if p.suffix.lower() == ".json":
@@ -186,13 +212,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {str(p)!r} must hold a mapping of keys to values, got {type(data).__name__}")
+    check_plain(data, f"config file {str(p)!r}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Check one value against the type of its default; return it converted."""
     kind = type(default)
-    bad = UsageError(f"config value {name}={value!r} must be {kind.__name__}")
+    bad = UsageError(f"config value {name}={shown(value)} must be {kind.__name__}")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -243,14 +270,15 @@ def resolve(file_values: dict[str, Any] | None = None, flag_values: dict[str, An
             preset: str | None = None) -> Config:
     """defaults < preset < config file < flags. Unknown keys are errors, not silently ignored."""
     file_values = dict(file_values or {})
+    check_plain(file_values, "the config")   # before anything below prints or converts a value
     flag_values = {k: v for k, v in (flag_values or {}).items() if v is not None}
     for source, values in (("config file", file_values), ("flag", flag_values)):
         for key in values:
             if key not in FIELD_NAMES:
-                raise UsageError(f"unknown {source} key {key!r}{_closest(key, FIELD_NAMES)}")
+                raise UsageError(f"unknown {source} key {shown(key)}{_closest(str(key)[:100], FIELD_NAMES)}")
     name = flag_values.get("preset") or preset or file_values.get("preset") or "tutorial"
-    if name not in PRESET_VALUES:
-        raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    if not isinstance(name, str) or name not in PRESET_VALUES:
+        raise UsageError(f"unknown preset {shown(name)}; choose one of: {', '.join(PRESETS)}")
     merged: dict[str, Any] = {**PRESET_VALUES[name], **file_values, **flag_values, "preset": name}
     defaults = Config()
     values = {k: _coerce(k, v, getattr(defaults, k)) for k, v in merged.items()}
@@ -275,7 +303,7 @@ def validate(cfg: Config) -> None:
 
     def choice(name, options):
         v = getattr(cfg, name)
-        need(v in options, f"unknown {name.replace('_', '-')} {v!r}{_closest(str(v), options)}; "
+        need(v in options, f"unknown {name.replace('_', '-')} {shown(v)}{_closest(str(v)[:100], options)}; "
                            f"choose one of: {', '.join(options)}")
 
     choice("dataset", DATASETS)
@@ -331,4 +359,6 @@ def swa_start_epoch(cfg: Config) -> int:
 def dump_yaml(cfg: Config, path: Path) -> None:
     import yaml
 
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    from .fsutil import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False), what="config.yaml")

@@ -1,5 +1,6 @@
 """What a run writes besides checkpoints: metrics.csv, TensorBoard scalars, results.json and
-predictions.npz (the test split, evaluated once on the chosen weights)."""
+predictions.npz (the test split, evaluated once on the chosen weights). Every file is written
+atomically (fsutil); a full disk is one WorkError line and leaves the previous file intact."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import checkpoint as ckpt
+from .. import fsutil
 
 METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "swa_val_acc",
                  "ema_val_acc", "epoch_seconds", "images_per_s", "elapsed_seconds"]
@@ -24,11 +25,11 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     for row in rows:
         w.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_FIELDS})
-    ckpt.atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    fsutil.write_text(path, buf.getvalue(), what="metrics.csv")
 
 
 def write_json(path: Path, data: dict) -> None:
-    ckpt.atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
+    fsutil.write_text(path, json.dumps(data, indent=2), what=path.name)
 
 
 class Scalars:
@@ -91,4 +92,4 @@ def empty_evaluation() -> dict[str, Any]:
 
 def write_predictions(path: Path, predictions: dict | None) -> None:
     if predictions is not None:
-        np.savez(path, **predictions)
+        fsutil.write_npz(path, what="predictions.npz", **predictions)
