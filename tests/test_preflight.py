@@ -1,4 +1,4 @@
-"""Up-front checks: the torchrun environment, float ranges, and signals outside the training loop."""
+"""Up-front checks: the torchrun environment, float upper bounds, and signals after the training loop."""
 
 from __future__ import annotations
 

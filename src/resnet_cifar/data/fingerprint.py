@@ -2,11 +2,12 @@
 
 Stored in every checkpoint, so a resume can refuse data that changed under the run (an image
 added to a folder changes the train/validation split) and `evaluate` can say when it scores other
-images than the run saw. Per split: the image count per class (the shape of the image list) and a
-content key, a BLAKE2b hash of the decoded pixels and labels in their order. The classes and the
-normalisation (computed from the train images) follow. For CIFAR, whose files are MD5-checked when read, the key is the
-same for every copy of the official archive; for a folder it changes with any added, removed,
-renamed (reordered) or edited image, and not with a mere `touch`.
+images than the run saw. It holds the class names and, per split, the image count per class (the
+shape of the image list) and a content key: a BLAKE2b hash of the decoded pixels and labels in
+their order (the normalisation, computed from the train images, follows from them). For CIFAR,
+whose files are MD5-checked when read, the key is the same for every copy of the official
+archive; for a folder it changes with any added, removed, renamed (reordered) or edited image,
+and not with a mere `touch`.
 
 Cheap: one pass of a fast hash over the uint8 arrays already in memory (150 MB for CIFAR-10).
 """
