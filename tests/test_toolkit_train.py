@@ -130,8 +130,6 @@ def test_init_from_a_kuangliu_file_starts_from_its_weights(tmp_path):
 
 
 @pytest.mark.parametrize("over, needle", [
-    (dict(optimizer="sam", amp="fp16"), "cannot run under --amp fp16"),
-    (dict(dropout=0.2), "--dropout applies to the wide nets"),
     (dict(auto_augment="ra"), "unknown auto-augment 'ra'"),
     (dict(random_erase=1.5), "--random-erase must be <= 1"),
     (dict(mixup_alpha=-1.0), "--mixup-alpha must be >= 0"),
@@ -141,3 +139,13 @@ def test_init_from_a_kuangliu_file_starts_from_its_weights(tmp_path):
 def test_bad_toolkit_values_are_one_line_usage_errors(over, needle):
     with pytest.raises(UsageError, match=needle.replace("(", r"\(")):
         cfg_for(**over)
+
+
+def test_dropout_on_a_model_without_it_and_sam_under_fp16_are_refused_before_training(monkeypatch):
+    import resnet_cifar.engine.parts as parts
+
+    with pytest.raises(UsageError, match="'resnet20' has no dropout; use one of wrn16_8"):
+        build_parts(cfg_for(dropout=0.2), tiny_dataset(), torch.device("cpu"))
+    monkeypatch.setattr(parts.runtime, "resolve_amp", lambda amp, device: "fp16")  # as on a GPU without bf16
+    with pytest.raises(UsageError, match=r"--optimizer sam cannot run under fp16 \(--amp auto: this GPU has no bf16"):
+        build_parts(cfg_for(optimizer="sam"), tiny_dataset(), torch.device("cpu"))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .errors import UsageError
+
 MAX_WIDTH = 16.0             # channel multiplier: 16x ResNet-18 is ~2.9 G parameters already
 MAX_NUM_CLASSES = 100_000
 MAX_PARAMS = 1_000_000_000   # 4 GB of float32 weights: summary/export refuse above this
@@ -128,3 +130,18 @@ def meta_parameter_count(name: str, num_classes: int, width: float) -> int:
     with torch.device("meta"):
         model = build_model(name, num_classes=num_classes, width=width)
     return sum(p.numel() for p in model.parameters())
+
+
+_RANGE_OPS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+              "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def check_range(flag: str, v: Any, limits: dict[str, float], note: str = "") -> None:
+    """A config value within its range (ge/gt/le/lt -> bound; `note` is added to a failed le/lt)
+    and, for a float, finite; else a one-line UsageError naming `flag`."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise UsageError(f"{flag} must be a finite number, got {v}")
+    for key, bound in limits.items():
+        symbol, ok = _RANGE_OPS[key]
+        if not ok(v, bound):
+            raise UsageError(f"{flag} must be {symbol} {bound:g}{note if key in ('le', 'lt') else ''}, got {v}")

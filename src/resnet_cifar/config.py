@@ -22,13 +22,15 @@ from .errors import UsageError, first_line
 MAX_CONFIG_BYTES = 1 << 20   # a config file is a few KB; this bounds the parser's work
 
 OPTIMIZERS = ("sgd", "adamw", "sam")          # sam: SAM over SGD (sam.SAM)
-AUTO_AUGMENTS = ("off", "autoaugment", "randaugment", "trivialaugment")  # data.policies
 SCHEDULERS = ("plateau", "cosine", "onecycle", "multistep", "constant", "triangle")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")    # the one list (runtime.pick_device, every --device flag)
 COMPILE_MODES = ("auto", "on", "off")
 PAD_MODES = ("reflect", "zeros")
 TTA_MODES = ("flip", "flip_translate")    # tta.py: 2 views (probabilities averaged) | airbench's 6 (logits)
+
+MAX_LR = 100.0       # the tutorial's lr is 0.1; large-batch recipes stay below 10
+LR_NOTE = " (a learning rate: the tutorial's is 0.1)"
 
 # Flag groups of `train --help`, in this order.
 GROUPS = ("data", "model", "optimisation", "averaging", "runtime", "run directory")
@@ -73,13 +75,13 @@ class Config:
     alt_flip: bool = option(False, "data", "with --flip: alternating flips (each image mirrored in every other "
                                            "epoch, from a random start), as airbench")
     cutout: int = option(0, "data", "side of a zeroed square per image (0 = off)", metavar="SIZE", ge=0, le=32)
-    auto_augment: str = option("off", "data", "torchvision's policy, per image", choices=AUTO_AUGMENTS)
+    auto_augment: str = option("off", "data", "torchvision's policy, per image",
+                               choices=("off", "autoaugment", "randaugment", "trivialaugment"))
     ra_num_ops: int = option(2, "data", "randaugment: ops per image (N)", metavar="N", ge=1, le=8)
     ra_magnitude: int = option(9, "data", "randaugment: magnitude bin (M, of 0..30)", metavar="M", ge=0, le=30)
     random_erase: float = option(0.0, "data", "random erasing's probability per image", metavar="P", ge=0, le=1)
-    mixup_alpha: float = option(0.0, "data", "mixup's Beta(alpha, alpha) (0 = off)", metavar="A", ge=0)
-    cutmix_alpha: float = option(0.0, "data", "cutmix's Beta(alpha, alpha) (0 = off; both: one per batch)",
-                                 metavar="A", ge=0)
+    mixup_alpha: float = option(0.0, "data", "mixup's Beta(alpha, alpha) (0 = off)", metavar="A", ge=0, le=100)
+    cutmix_alpha: float = option(0.0, "data", "cutmix's Beta(alpha, alpha) (0 = off)", metavar="A", ge=0, le=100)
     # --- model
     model: str = option("resnet18", "model", "architecture; `resnet-cifar summary --help` lists them",
                         metavar="NAME")
@@ -87,8 +89,7 @@ class Config:
                           le=64, note=" (a channel multiplier: 1.0 = reference, 10 = very wide)")
     zero_init_residual: bool = option(False, "model", "start each residual block's last BN at zero")
     dropout: float = option(0.0, "model", "wrn*: dropout between each block's convolutions", metavar="P", ge=0, lt=1)
-    init_from: str = option("", "model", "start from these weights (a resnet-cifar checkpoint, a "
-                                         "kuangliu/pytorch-cifar file or a state_dict of --model)", metavar="CKPT")
+    init_from: str = option("", "model", "start from these weights (ours, kuangliu's, a state_dict)", metavar="CKPT")
     whiten: bool = option(True, "model", "models with a whitening layer (speedrun_resnet): set it from the "
                                          "training images' 2x2 patch covariance and freeze it (--no-whiten: "
                                          "learn it from torch's default init)")
@@ -97,15 +98,17 @@ class Config:
     batch_size: int = option(128, "optimisation", "GLOBAL batch per optimizer step = per-device batch x devices "
                                                   "x --accum-steps (the lr is never rescaled silently)", ge=1)
     accum_steps: int = option(1, "optimisation", "split each batch into this many micro-batches", ge=1)
-    optimizer: str = option("sgd", "optimisation", "optimizer (sam: sharpness-aware minimisation over SGD, two "
-                                                   "passes per step)", choices=OPTIMIZERS)
-    lr: float = option(0.1, "optimisation", "peak learning rate (after warm-up)", ge=0, gt=0)
+    optimizer: str = option("sgd", "optimisation", "optimizer (sam: SAM over SGD, 2 passes a step)", choices=OPTIMIZERS)
+    # Upper bounds of rates (MAX_LR) and decays: far above any recipe, far below float32's 3.4e38,
+    # where the optimizer's update overflowed with a traceback (`--lr 1e308`).
+    lr: float = option(0.1, "optimisation", "peak learning rate (after warm-up)", ge=0, gt=0, le=MAX_LR,
+                       note=LR_NOTE)
     momentum: float = option(0.9, "optimisation", "SGD momentum", ge=0, lt=1)
     nesterov: bool = option(False, "optimisation", "Nesterov momentum (SGD)")
-    sam_rho: float = option(0.05, "optimisation", "--optimizer sam: radius of the ascent step", metavar="R", gt=0)
-    clip_grad_norm: float = option(0.0, "optimisation", "clip the gradient's global L2 norm to this (0 = off)",
-                                   metavar="X", ge=0)
-    weight_decay: float = option(5e-4, "optimisation", "L2 weight decay", ge=0)
+    sam_rho: float = option(0.05, "optimisation", "sam: the ascent step's radius", metavar="R", gt=0, le=10)
+    clip_grad_norm: float = option(0.0, "optimisation", "clip the gradient's norm (0 = off)", metavar="X", ge=0, le=1e6)
+    weight_decay: float = option(5e-4, "optimisation", "L2 weight decay", ge=0, le=10,
+                                 note=" (5e-4 is the tutorial's)")
     no_bn_decay: bool = option(False, "optimisation", "weight decay on BN parameters and biases too "
                                                       "(--no-bn-decay: not on them)",
                                flag="bn-decay", negated=True, aliases=(("--no-no-bn-decay", False),))
@@ -121,12 +124,15 @@ class Config:
     plateau_patience: int = option(10, "optimisation", "plateau: epochs without improvement before a cut", ge=0)
     milestones: list = option([0.5, 0.75], "optimisation", "multistep: where the lr is cut, as fractions of "
                                                            "the epochs", metavar="F,F")
-    gamma: float = option(0.1, "optimisation", "multistep: factor per milestone", ge=0)
-    min_lr: float = option(0.0, "optimisation", "cosine/onecycle: the lr the schedule ends at", ge=0)
+    gamma: float = option(0.1, "optimisation", "multistep: factor per milestone", ge=0, le=1,
+                          note=" (the lr is multiplied by it at each milestone)")
+    min_lr: float = option(0.0, "optimisation", "cosine/onecycle: the lr the schedule ends at", ge=0, le=MAX_LR,
+                           note=LR_NOTE)
     # --- averaging
     swa: bool = option(False, "averaging", "stochastic weight averaging for the last part of training")
-    swa_start: float = option(0.75, "averaging", "epoch (>= 1) or fraction of the epochs (< 1) where SWA starts", ge=0)
-    swa_lr: float = option(0.01, "averaging", "constant lr during SWA", ge=0)
+    swa_start: float = option(0.75, "averaging", "epoch (>= 1) or fraction of the epochs (< 1) where SWA starts",
+                              ge=0, le=1e9)
+    swa_lr: float = option(0.01, "averaging", "constant lr during SWA", ge=0, le=MAX_LR, note=LR_NOTE)
     ema: float = option(0.0, "averaging", "EMA decay of the weights per step (e.g. 0.999; 0 = off)",
                         metavar="DECAY", ge=0)
     lookahead: bool = option(False, "averaging", "airbench's lookahead: every 5 steps the weights move to a "
@@ -326,7 +332,7 @@ def from_dict(values: dict[str, Any]) -> Config:
 
 def validate(cfg: Config) -> None:
     """Every value checked before any work starts; one line per problem, naming the fix."""
-    from .models import dropout_models, list_models
+    from .models import list_models
 
     def need(ok: bool, message: str):
         if not ok:
@@ -358,11 +364,6 @@ def validate(cfg: Config) -> None:
     need(all(0 < m < 1 for m in cfg.milestones),
          f"milestones are fractions of the epochs in (0, 1), got {cfg.milestones}")
     need(cfg.optimizer != "adamw" or not cfg.nesterov, "--nesterov applies to --optimizer sgd|sam only")
-    need(cfg.optimizer != "sam" or cfg.amp != "fp16",
-         "--optimizer sam cannot run under --amp fp16 (its two passes and the loss scaler); use --amp bf16 or off")
-    need(cfg.dropout == 0 or cfg.model in dropout_models(),
-         f"--dropout applies to the wide nets ({', '.join(dropout_models())}), not {cfg.model}; drop it or "
-         "choose one of them")
     if cfg.swa:
         start = swa_start_epoch(cfg)
         need(1 <= start <= cfg.epochs,
@@ -370,20 +371,10 @@ def validate(cfg: Config) -> None:
              "(e.g. 0.75) or an epoch number <= --epochs")
 
 
-_OPS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
-        "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
-
-
 def _check_bounds(f, v) -> None:
-    """A field's own range (option's ge/gt/le/lt); every float must be finite."""
-    flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
-    if isinstance(v, float) and not math.isfinite(v):
-        raise UsageError(f"{flag} must be a finite number, got {v}")
-    for key, bound in f.metadata.get("bounds", {}).items():
-        symbol, ok = _OPS[key]
-        if not ok(v, bound):
-            note = f.metadata.get("note", "") if key in ("le", "lt") else ""
-            raise UsageError(f"{flag} must be {symbol} {bound:g}{note}, got {v}")
+    """A field's own range (option's ge/gt/le/lt; bounds.check_range); every float must be finite."""
+    bounds.check_range("--" + (f.metadata.get("flag") or f.name).replace("_", "-"), v,
+                       f.metadata.get("bounds", {}), f.metadata.get("note", ""))
 
 
 def swa_start_epoch(cfg: Config) -> int:

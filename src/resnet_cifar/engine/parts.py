@@ -164,9 +164,9 @@ def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.W
     world = world or distm.World()
     amp = runtime.resolve_amp(cfg.amp, device)
     splits = make_splits(cfg, data, device)
-    if cfg.optimizer == "sam" and amp == "fp16":
-        raise UsageError("--optimizer sam cannot run under fp16 (this GPU has no bf16, so --amp auto chose fp16); "
-                         "pass --amp off")
+    if cfg.optimizer == "sam" and amp == "fp16":  # its two passes and the loss scaler do not mix
+        raise UsageError(f"--optimizer sam cannot run under fp16 (--amp {cfg.amp}"
+                         f"{': this GPU has no bf16' if cfg.amp == 'auto' else ''}); pass --amp bf16 or off")
     loader = DeviceLoader(splits.train_x, splits.train_y, batch_size=cfg.batch_size, mean=data.mean, std=data.std,
                           seed=cfg.seed, augment=augment_from(cfg), channels_last=cfg.channels_last,
                           rank=world.rank, world_size=world.size, strong=strong_augment_from(cfg),
