@@ -17,7 +17,7 @@ import sys
 from ..errors import ResnetCifarError
 
 # Order = order in --help. A command is listed here only once it works.
-COMMANDS = ["env", "data", "summary", "train", "evaluate", "report", "predict", "export", "bench"]
+COMMANDS = ["env", "data", "models", "summary", "train", "evaluate", "report", "predict", "export", "bench"]
 
 
 def one_line(text) -> str:
