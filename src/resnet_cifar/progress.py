@@ -1,7 +1,9 @@
 """How a run shows itself while it trains: a tqdm bar on a terminal, plain lines in a log.
 
-The engine calls these hooks and never prints. Live numbers come from device tensors; they are
-read at most every `refresh` seconds because each read is a CPU-GPU sync point.
+Where each line goes: the run's record (the header, one summary per epoch, the result) on stdout,
+so `resnet-cifar train > train.log` keeps the whole history; the live bar, estimates, notes and
+warnings on stderr. The engine calls these hooks and never prints. Live numbers come from device
+tensors; they are read at most every `refresh` seconds because each read is a CPU-GPU sync point.
 """
 
 from __future__ import annotations
@@ -18,10 +20,18 @@ def _fmt_time(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
+def plural(n: int, word: str) -> str:
+    """`1 epoch`, `2 epochs`."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 class Silent:
     """No output (library use, tests)."""
 
     def log(self, message: str) -> None:
+        pass
+
+    def record(self, message: str) -> None:
         pass
 
     def epoch_start(self, epoch: int, epochs: int, steps: int, start: int = 0) -> None:
@@ -41,9 +51,14 @@ class Silent:
 
 
 class Console(Silent):
-    """A tqdm bar per epoch when stderr is a terminal; otherwise one line per epoch and no bar noise."""
+    """A tqdm bar per epoch when stderr is a terminal; otherwise one line per epoch and no bar noise.
 
-    def __init__(self, stream=None, bar: bool | None = None, refresh: float = 1.0):
+    `stream` takes the bar and `log` lines (default stderr), `out` the `record` lines and epoch
+    summaries (default stdout; the given `stream` when only that is passed: one stream for all).
+    """
+
+    def __init__(self, stream=None, bar: bool | None = None, refresh: float = 1.0, out=None):
+        self.out = out or stream or sys.stdout
         self.stream = stream or sys.stderr
         if bar is None:
             bar = self.stream.isatty() and not os.environ.get("RESNET_CIFAR_NO_PROGRESS")
@@ -60,6 +75,14 @@ class Console(Silent):
             self.bar.write(message, file=self.stream)
         else:
             print(message, file=self.stream, flush=True)
+
+    def record(self, message: str) -> None:
+        """A line of the run's record (stdout): below the bar, which is redrawn after it."""
+        if self.bar is not None:
+            self.bar.clear()
+        print(message, file=self.out, flush=True)
+        if self.bar is not None:
+            self.bar.refresh()
 
     def epoch_start(self, epoch, epochs, steps, start=0):
         self._t0, self._images, self._last = time.perf_counter(), 0, 0.0
@@ -84,7 +107,7 @@ class Console(Silent):
 
     def estimate(self, seconds_total, epochs):
         self.eta_note = f" | est. total {_fmt_time(seconds_total)}"
-        self.log(f"estimated total time for {epochs} epochs: {_fmt_time(seconds_total)} "
+        self.log(f"estimated total time for {plural(epochs, 'epoch')}: {_fmt_time(seconds_total)} "
                  "(from the first steps; stop with Ctrl-C, a checkpoint is written and --resume continues)")
 
     def epoch_end(self, row):
@@ -94,7 +117,7 @@ class Console(Silent):
         self.eta_note = ""
         val = (f" val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}" if row.get("val_acc") is not None else "")
         ema = f" ema {row['ema_val_acc']:.4f}" if row.get("ema_val_acc") is not None else ""
-        self.log(f"epoch {row['epoch']}: lr {row['lr']:.4g} train loss {row['train_loss']:.4f} "
+        self.record(f"epoch {row['epoch']}: lr {row['lr']:.4g} train loss {row['train_loss']:.4f} "
                  f"acc {row['train_acc']:.4f}{val}{ema} | {row['epoch_seconds']:.1f}s "
                  f"{row['images_per_s']:.0f} img/s")
 
