@@ -10,7 +10,7 @@ configuration: channels_last, fp32, eager, all cores, engine optimizer), and the
 variant (the least disturbed one on a shared machine). CPU only.
 
 Variants
-  ours      Trainer._train_step + DeviceLoader, channels_last, fp32, eager (what `train` runs on a CPU)
+  ours      engine.step.train_step + DeviceLoader, channels_last, fp32, eager (what `train` runs on a CPU)
   nchw      ours with --no-channels-last (contiguous NCHW tensors and weights)
   bf16      ours with --amp bf16 (autocast to bfloat16)
   threads1  ours with torch.set_num_threads(1) during its windows
@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
@@ -35,7 +34,7 @@ import torch.nn.functional as F
 
 from resnet_cifar import bench, runtime
 from resnet_cifar.config import resolve
-from resnet_cifar.engine import Trainer, param_groups
+from resnet_cifar.engine import param_groups, setup
 from resnet_cifar.models import build_model
 
 
@@ -45,8 +44,8 @@ def make_ours(data, args, **over):
     flags.update(over)
     cfg = resolve(flag_values=flags, preset="tutorial")
     log = bench._Collect(lambda m: print(m, file=sys.stderr, flush=True))
-    with tempfile.TemporaryDirectory() as d:
-        return bench._Ours(Trainer(cfg, data, d, progress=log))
+    setup(cfg)
+    return bench._Ours(cfg, data, torch.device("cpu"), log)
 
 
 class Bare:
@@ -110,7 +109,7 @@ def main() -> None:
         elif name == "compile":
             v[name] = make_ours(data, args, compile="on")
         elif name == "baseline":
-            v[name] = bench._Baseline(data.train_x, data.train_y, model_name=args.model, num_classes=10, width=1.0,
+            v[name] = bench.Baseline(data.train_x, data.train_y, model_name=args.model, num_classes=10, width=1.0,
                                       batch_size=args.batch_size, mean=data.mean, std=data.std,
                                       device=torch.device("cpu"), workers=min(4, os.cpu_count() or 1))
         elif name == "bare":

@@ -6,7 +6,7 @@ What it does, in order (the essential parts first, extras only while the time bu
      baseline, on those images;
   3. `resnet-cifar train --preset fast` on them (validation: 5,000 stratified images): epochs and
      seconds until validation accuracy first reaches 95% (raw or EMA weights), best accuracy, img/s;
-  4. a sync check: host-device synchronisations inside the loop body Trainer._loop_step between two
+  4. a sync check: host-device synchronisations inside the loop body Trainer.loop_step between two
      reads of the finite watch (which happen every CHECK_EVERY_ASYNC steps) (fast preset: bf16,
      EMA, fused SGD; eager) counted with torch.cuda.set_sync_debug_mode("warn") - the goal is 0;
   5. extras: the same bench with --compile off (what compile buys), and with batch 512 (the fast
@@ -141,7 +141,7 @@ def train_fast(data_dir: Path, run_dir: Path, timeout: float, device: str, smoke
 
 
 def sync_check(steps: int = 5, smoke: bool = False) -> dict:
-    """Host-device syncs in the engine's loop body (Trainer._loop_step: step, EMA, fused SGD, the
+    """Host-device syncs in the engine's loop body (Trainer.loop_step: step, EMA, fused SGD, the
     finite watch; fast preset, bf16), after warm-up, between two of the watch's reads.
 
     torch.cuda.set_sync_debug_mode("warn") warns on every synchronizing call. The watch is read
@@ -154,21 +154,21 @@ def sync_check(steps: int = 5, smoke: bool = False) -> dict:
 
     from resnet_cifar.bench import synthetic_dataset
     from resnet_cifar.config import resolve
-    from resnet_cifar.engine import Trainer
+    from resnet_cifar.engine import Trainer, setup
 
     # compile off: the compiled graph itself does not synchronise, and this keeps the check to seconds
     small = dict(model="resnet20", width=0.25, batch_size=64) if smoke else {}
     data = synthetic_dataset(512 * 12)
     cfg = resolve(flag_values=dict(epochs=1, val_size=0, scheduler="constant", device="cuda", compile="off", **small),
                   preset="fast")
+    setup(cfg)
     with tempfile.TemporaryDirectory() as d:
         t = Trainer(cfg, data, d)
-    sums = torch.zeros(3, dtype=torch.float64, device=t.device)
     batches = t.train_loader.batches(1)
     t.check_every = 10**9
     for _ in range(3):
         _, x, y = next(batches)
-        t._loop_step(x, y, len(y), sums, False)
+        t.loop_step(x, y, len(y), False)
     torch.cuda.synchronize()
     caught = []
     with warnings.catch_warnings(record=True) as w:
@@ -177,7 +177,7 @@ def sync_check(steps: int = 5, smoke: bool = False) -> dict:
         try:
             for _ in range(steps):
                 _, x, y = next(batches)
-                t._loop_step(x, y, len(y), sums, False)
+                t.loop_step(x, y, len(y), False)
         finally:
             torch.cuda.set_sync_debug_mode("default")
         caught = [str(m.message).splitlines()[0][:160] for m in w if "synchroniz" in str(m.message).lower()]

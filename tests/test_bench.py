@@ -11,7 +11,7 @@ import torch
 
 from resnet_cifar import bench, runtime
 from resnet_cifar.cli import main
-from resnet_cifar.engine import Trainer
+from resnet_cifar.engine import step as engine_step
 from resnet_cifar.errors import UsageError
 
 TINY = dict(model="resnet20", width=0.125, batch_size=8, steps=2, warmup=1, windows=2, eval_images=16,
@@ -48,13 +48,13 @@ def test_bench_runs_ours_and_the_baseline():
 
 def test_bench_times_the_real_engine_step(monkeypatch):
     calls = []
-    real = Trainer._train_step
+    real = engine_step.train_step
 
-    def counting(self, *a, **k):
+    def counting(*a, **k):
         calls.append(1)
-        return real(self, *a, **k)
+        return real(*a, **k)
 
-    monkeypatch.setattr(Trainer, "_train_step", counting)
+    monkeypatch.setattr(engine_step, "train_step", counting)
     bench.run_bench(**TINY, baseline=False)
     assert len(calls) == TINY["warmup"] + TINY["steps"]
 
@@ -70,17 +70,17 @@ def test_on_the_cpu_ours_runs_with_host_memory_kept_and_the_baseline_with_glibcs
         return real_keep(keep, device)
 
     monkeypatch.setattr(runtime, "keep_host_memory", keep)
-    real_ours, real_loss = Trainer._train_step, torch.nn.CrossEntropyLoss.forward
+    real_ours, real_loss = engine_step.train_step, torch.nn.CrossEntropyLoss.forward
 
-    def ours_step(self, *a, **k):
+    def ours_step(*a, **k):
         seen["ours"].add(state["keep"])
-        return real_ours(self, *a, **k)
+        return real_ours(*a, **k)
 
     def baseline_loss(self, *a, **k):  # the tutorial loop's criterion; ours calls F.cross_entropy
         seen["baseline"].add(state["keep"])
         return real_loss(self, *a, **k)
 
-    monkeypatch.setattr(Trainer, "_train_step", ours_step)
+    monkeypatch.setattr(engine_step, "train_step", ours_step)
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", baseline_loss)
     result = bench.run_bench(**TINY, baseline_workers=0)
     assert seen == {"ours": {True}, "baseline": {False}}

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from resnet_cifar.config import FIELD_NAMES
-from test_reliability_support import assert_one_line_error, run_main, tiny_dataset, write_folder
+from reliability_helpers import assert_one_line_error, run_main, tiny_dataset, write_folder
 
 
 class _Reached(Exception):

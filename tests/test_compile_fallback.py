@@ -134,7 +134,7 @@ def test_trainer_step_survives_a_failing_compile(monkeypatch, tmp_path, syntheti
     from resnet_cifar.config import resolve
     from resnet_cifar.constants import CIFAR10_MEAN, CIFAR10_STD
     from resnet_cifar.data import Dataset
-    from resnet_cifar.engine import Trainer
+    from resnet_cifar.engine import Sums, Trainer, train_step
 
     fake = _FailingCompiled()
     monkeypatch.setattr(torch, "compile", lambda model, **kw: fake)
@@ -156,12 +156,14 @@ def test_trainer_step_survives_a_failing_compile(monkeypatch, tmp_path, syntheti
 
     log = Log()
     trainer = Trainer(cfg, data, tmp_path, progress=log)
-    sums = torch.zeros(3, dtype=torch.float64)
+    sums = Sums.zeros()
     for b, xb, yb in trainer.train_loader.batches(1):
-        assert bool(trainer._train_step(xb, yb, len(yb), sums))
+        out = train_step(trainer.parts.step, xb, yb, len(yb), cfg.lr)
+        sums.add(out.sums)
+        assert bool(out.finite)
     assert fake.calls == 1
     assert sum("torch.compile failed" in line for line in log.lines) == 1
-    assert sums[2].item() == 16
+    assert sums.count.item() == 16
 
 
 def _compile_and_train_twice(monkeypatch, backend):

@@ -1,4 +1,4 @@
-"""Distributed data parallel on the CPU with gloo: sharding, agreement, equivalence, torchrun restarts.
+"""Distributed data parallel on the CPU with gloo: sharding, agreement, equivalence (torchrun: test_ddp_torchrun.py).
 
 The process tests start real processes (torch.multiprocessing with gloo, and torchrun itself);
 each is bounded by a timeout and kills what it started.
@@ -6,14 +6,10 @@ each is bounded by a timeout and kills what it started.
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,17 +18,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import TINY, tiny_dataset, write_png_folder
+from helpers import TINY, tiny_dataset
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar import distributed as distm
 from resnet_cifar import engine
 from resnet_cifar.config import from_dict, resolve
-from resnet_cifar.data import load_dataset
 from resnet_cifar.data.loader import Augment, DeviceLoader
 from resnet_cifar.errors import Interrupted, UsageError, WorkError
 
-PY = Path(sys.executable)
-TORCHRUN = PY.parent / "torchrun"
 MEAN, STD = (0.45, 0.45, 0.45), (0.25, 0.25, 0.25)
 
 
@@ -113,7 +106,7 @@ def test_world_from_torchrun_environment(monkeypatch):
 
 
 def test_restart_marker_only_matches_a_restart_of_the_same_job(tmp_path, monkeypatch):
-    from resnet_cifar.cli.train_cmd import _check_out
+    from resnet_cifar.run import check_out as _check_out
 
     run = tmp_path / "run"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")
@@ -187,30 +180,30 @@ def _eq_data():
 
 def _epochs(trainer, keep_mid=None):
     """run()'s epoch loop without validation: train rows per epoch; copy the mid-epoch-1 checkpoint."""
-    stop = engine._StopFlag()   # not entered: no signal handlers in workers
+    stop = engine.StopFlag()   # not entered: no signal handlers in workers
     rows = {}
-    for e in range(trainer.epoch + 1, trainer.cfg.epochs + 1):
-        rows[e] = trainer._train_epoch(e, stop)
+    for e in range(trainer.state.epoch + 1, trainer.cfg.epochs + 1):
+        rows[e] = trainer.train_epoch(e, stop)
         if e == 1 and keep_mid is not None and trainer.world.is_main:
             shutil.copy(trainer.ckpt_dir / "last.pt", keep_mid)   # written at step 2 of 3
-        trainer.epoch, trainer.batch = e, 0
-        trainer.partial = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0, "seconds": 0.0}
+        trainer.state.end_epoch(e)   # epoch = e, batch = 0, partial sums zero
     return rows
 
 
 def _summary(trainer, rows):
     return {"model": {k: v.clone() for k, v in trainer.model.state_dict().items()},
             "rows": {e: {k: r[k] for k in ("train_loss", "train_acc")} for e, r in rows.items()},
-            "step": trainer.step}
+            "step": trainer.state.step}
 
 
 def _eq_worker(rank, world_size, port, tmp, accum):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    engine.build_model = _no_bn
+    engine.parts.build_model = _no_bn
     world = distm.World(rank=rank, local_rank=rank, size=world_size, local_size=world_size)
     tmp = Path(tmp)
     cfg = resolve(flag_values={**EQ, "accum_steps": accum})
+    engine.setup(cfg, world)   # the process group, seeds and flags, as an entry point makes them
     fresh = engine.Trainer(cfg, _eq_data(), tmp / "ddp", world=world)
     out = _summary(fresh, _epochs(fresh, keep_mid=tmp / "ddp_mid.pt"))
     # a single-process mid-epoch checkpoint, continued by 2 processes
@@ -219,35 +212,35 @@ def _eq_worker(rank, world_size, port, tmp, accum):
     out["cont"] = _summary(cont, _epochs(cont))
     # a stop signal that only rank 1 catches (after step 1): both ranks stop at the same step
     sig = engine.Trainer(replace(cfg, checkpoint_every=0), _eq_data(), tmp / "ddp_sig", world=world)
-    stop = engine._StopFlag()
-    real_step = sig._guarded_step
+    stop = engine.StopFlag()
+    real_step = sig.guarded_step
 
     def step_then_signal(*a):
         finite = real_step(*a)
-        if rank == 1 and sig.step == 1:
+        if rank == 1 and sig.state.step == 1:
             stop.signum = signal.SIGTERM
         return finite
 
-    sig._guarded_step = step_then_signal
+    sig.guarded_step = step_then_signal
     try:
-        sig._train_epoch(1, stop)
+        sig.train_epoch(1, stop)
         out["signal"] = None
     except Interrupted as e:
-        out["signal"] = [sig.batch, sig.step, e.exit_code]
+        out["signal"] = [sig.state.batch, sig.state.step, e.exit_code]
     # a non-finite loss on rank 1 only (step 1): both ranks fail at the same check
     nan = engine.Trainer(replace(cfg, checkpoint_every=0), _eq_data(), tmp / "ddp_nan", world=world)
-    real_nan_step = nan._guarded_step
+    real_nan_step = nan.guarded_step
 
     def step_then_nan(*a):
-        finite = real_nan_step(*a)
-        return torch.tensor(False) if (rank == 1 and nan.step == 1) else finite
+        result = real_nan_step(*a)
+        return replace(result, finite=torch.tensor(False)) if (rank == 1 and nan.state.step == 1) else result
 
-    nan._guarded_step = step_then_nan
+    nan.guarded_step = step_then_nan
     try:
-        nan._train_epoch(1, engine._StopFlag())
+        nan.train_epoch(1, engine.StopFlag())
         out["nan"] = None
     except WorkError as e:
-        out["nan"] = [nan.step, str(e).split(";")[0]]
+        out["nan"] = [nan.state.step, str(e).split(";")[0]]
     torch.save(out, tmp / f"rank{rank}.pt")
     distm.barrier(world)
     distm.shutdown(world)
@@ -287,7 +280,8 @@ def _assert_same_run(a, b, what):
 def test_two_processes_match_one_process_and_resume_across_world_sizes(tmp_path, monkeypatch):
     """2 ranks x 8 images (x 2 micro-steps of 4, no_sync on the first) == 1 process x 16, for 6 steps
     with momentum, nesterov, weight decay, warm-up and augmentation; checkpoints move between the two."""
-    monkeypatch.setattr(engine, "build_model", _no_bn)
+    monkeypatch.setattr(engine.parts, "build_model", _no_bn)
+    engine.setup(resolve(flag_values=EQ))
     ref = engine.Trainer(resolve(flag_values=EQ), _eq_data(), tmp_path / "ref")
     ref_out = _summary(ref, _epochs(ref, keep_mid=tmp_path / "ref_mid.pt"))
 
@@ -318,111 +312,3 @@ def test_two_processes_match_one_process_and_resume_across_world_sizes(tmp_path,
 
     cont = engine.Trainer(from_dict(mid["config"]), _eq_data(), tmp_path / "cont", resume_state=mid)
     _assert_same_run(ref_out, _summary(cont, _epochs(cont)), "2-process checkpoint continued by 1 process")
-
-
-# --------------------------------------------------------------------------------- torchrun
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _worker_pid(agent_pid: int, local_rank: int) -> int | None:
-    for pid in _descendants(agent_pid):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"LOCAL_RANK={local_rank}".encode() in env and any(e.startswith(b"TORCHELASTIC_RUN_ID=") for e in env):
-            return pid
-    return None
-
-
-def _stop_tree(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    pids = _descendants(proc.pid)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=40)
-    except subprocess.TimeoutExpired:
-        pass
-    for pid in [proc.pid, *pids]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not TORCHRUN.is_file() or not Path("/proc/self/environ").exists(),
-                    reason="needs torchrun beside the interpreter and Linux /proc")
-def test_torchrun_run_survives_a_killed_rank_and_matches_single_process_evaluation(tmp_path):
-    """torchrun --standalone --nproc-per-node 2 --max-restarts 1: rank 1 is SIGKILLed after the first
-    checkpoint; the job resumes from checkpoints/last.pt and finishes. Rank 0 alone wrote one run
-    directory, and its validation numbers equal a one-process evaluation of the saved weights."""
-    data_dir = write_png_folder(tmp_path / "data", n_per_class=16, num_classes=3, test_per_class=4)
-    epochs = 12
-    cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
-           "-m", "resnet_cifar", "train", "--dataset", "folder", "--data-dir", str(data_dir),
-           "--model", "resnet20", "--width", "0.25", "--epochs", str(epochs), "--batch-size", "16",
-           "--val-size", "16", "--device", "cpu", "--scheduler", "cosine", "--no-report", "--out", "run"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RESNET_CIFAR_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "torchrun.log", "w+")
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    run = tmp_path / "run"
-    killed_at = None
-    try:
-        deadline = time.monotonic() + 400
-        while proc.poll() is None and time.monotonic() < deadline:
-            if killed_at is None and (run / "checkpoints" / "last.pt").is_file():
-                pid = _worker_pid(proc.pid, 1)
-                if pid is not None and not (run / "results.json").exists():
-                    killed_at = ckpt.load(run / "checkpoints" / "last.pt")["epoch"]
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.05)
-        rc = proc.poll()
-    finally:
-        _stop_tree(proc)
-    log.seek(0)
-    out = log.read()
-    assert rc == 0, out[-4000:]
-    assert killed_at is not None and killed_at < epochs, out[-4000:]
-    assert "torchrun restart 1: resuming" in out, out[-4000:]
-
-    # rank 0 wrote one run directory; nothing else appeared (no second run dir, no stray runs/)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run", "torchrun.log"]
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))   # resumed, not restarted
-    results = json.loads((run / "results.json").read_text())
-    assert (results["world_size"], results["global_batch"], results["epochs"]) == (2, 16, epochs)
-
-    # the validation numbers are those of the saved weights, evaluated by one process
-    last = ckpt.load(run / "checkpoints" / "last.pt")
-    assert not any(k.startswith("module.") for k in last["model"])
-    cfg = from_dict(last["config"])
-    data = load_dataset("folder", data_dir)
-    splits = engine.make_splits(cfg, data, torch.device("cpu"))
-
-    def val_of(state):
-        model = ckpt.build_from_checkpoint(state, "cpu", channels_last=cfg.channels_last)
-        return engine.evaluate(model, splits.val_x, splits.val_y, mean=data.mean, std=data.std,
-                               batch_size=cfg.eval_batch_size, channels_last=cfg.channels_last,
-                               num_classes=data.num_classes)
-
-    val = val_of(last)
-    assert val["acc"] == pytest.approx(float(rows[-1]["val_acc"]), abs=1e-9)
-    assert val["loss"] == pytest.approx(float(rows[-1]["val_loss"]), rel=1e-5)
-    best = ckpt.load(run / "checkpoints" / "best.pt")
-    assert val_of(best)["acc"] == pytest.approx(results["best_val_acc"], abs=1e-9)

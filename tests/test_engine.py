@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import TINY, tiny_dataset
+from helpers import TINY, tiny_dataset
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar import engine
 from resnet_cifar.config import resolve
@@ -99,7 +99,7 @@ def test_gradient_accumulation_equals_the_large_batch(tmp_path, monkeypatch):
 
     import resnet_cifar.models
 
-    monkeypatch.setattr(engine, "build_model", no_bn)
+    monkeypatch.setattr(engine.parts, "build_model", no_bn)
     monkeypatch.setattr(resnet_cifar.models, "build_model", no_bn)  # the final test evaluation
     data = tiny_dataset(n_per_class=25)  # 100 images, 68 train: an uneven last batch of 4
     a = fit(cfg_for(epochs=2, batch_size=32, accum_steps=1, label_smoothing=0.1), data, tmp_path / "a")
@@ -116,7 +116,7 @@ def test_swa_bn_update_changes_running_stats_and_is_a_candidate(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     bn = next(m for m in trainer.swa.module.modules() if isinstance(m, nn.BatchNorm2d))
     before = bn.running_mean.clone()
-    trainer._update_swa_bn()
+    trainer.update_swa_bn()
     assert not torch.equal(before, bn.running_mean)
     results = fit(cfg, tiny_dataset(), tmp_path / "run2")
     assert results["candidates"]["swa"] is not None

@@ -17,7 +17,7 @@ import torch
 
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar.errors import CheckpointError
-from test_reliability_support import assert_one_line_error, run_main, write_folder
+from reliability_helpers import assert_one_line_error, run_main, write_folder
 
 
 class _TouchMarker:

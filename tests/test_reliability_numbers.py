@@ -15,7 +15,7 @@ from resnet_cifar import engine
 from resnet_cifar.errors import WorkError
 from resnet_cifar.models.resnet import CifarResNet
 from resnet_cifar.progress import Silent
-from test_reliability_support import (all_finite, assert_one_line_error, assert_same_tensors, run_main,
+from reliability_helpers import (all_finite, assert_one_line_error, assert_same_tensors, run_main,
                                       tiny_config, tiny_dataset, train_argv, write_folder)
 
 REAL_FORWARD = CifarResNet.forward
@@ -113,12 +113,12 @@ def test_fp16_skipped_steps_are_tolerated_up_to_the_limit(tmp_path):
     for step, flag in enumerate([bad, bad, bad, good, bad, bad, bad], 1):  # two runs of 3
         t.watch.add(flag, step)
         if step in (2, 5):  # reads that fall inside a run
-            t._check_finite()
-    t._check_finite()
-    assert t.skipped_steps == 6
+            t.check_finite()
+    t.check_finite()
+    assert t.state.skipped_steps == 6
     t.watch.add(bad, 8)  # the 4th in a row, across the last read
     with pytest.raises(WorkError, match=r"4 consecutive fp16 steps"):
-        t._check_finite()
+        t.check_finite()
 
 
 def test_without_a_scaler_the_first_non_finite_step_is_named_even_when_read_later(tmp_path):
@@ -126,7 +126,7 @@ def test_without_a_scaler_the_first_non_finite_step_is_named_even_when_read_late
     for step, ok in [(9, True), (10, False), (11, True), (12, False)]:
         t.watch.add(torch.tensor(ok), step)
     with pytest.raises(WorkError, match="non-finite at step 10 "):
-        t._check_finite()
+        t.check_finite()
 
 
 def test_a_nan_is_found_within_check_every_steps_and_never_saved(tmp_path, monkeypatch):
@@ -135,17 +135,17 @@ def test_a_nan_is_found_within_check_every_steps_and_never_saved(tmp_path, monke
     cfg = tiny_config(out=str(tmp_path), epochs=3)
     t = engine.Trainer(cfg, tiny_dataset(), tmp_path)
     t.check_every = 1000   # longer than the run: only the epoch-end read can catch it
-    real = t._train_step
+    real = t.guarded_step
     calls = []
 
-    def poisoned(x, y, n, sums):
+    def poisoned(x, y, n):
         calls.append(1)
         if len(calls) == 2:
             with torch.no_grad():
                 next(t.model.parameters()).fill_(float("nan"))
-        return real(x, y, n, sums)
+        return real(x, y, n)
 
-    monkeypatch.setattr(t, "_train_step", poisoned)
+    monkeypatch.setattr(t, "guarded_step", poisoned)
     with pytest.raises(WorkError, match="non-finite at step 2 "):
         t.run()
     assert len(calls) == t.steps_per_epoch      # found at the end of epoch 1, not later

@@ -29,7 +29,7 @@ from resnet_cifar import checkpoint as ckpt
 from resnet_cifar import engine
 from resnet_cifar.errors import Interrupted
 from resnet_cifar.models.resnet import CifarResNet
-from test_reliability_support import (assert_one_line_error, assert_same_tensors, model_state, run_main,
+from reliability_helpers import (assert_one_line_error, assert_same_tensors, model_state, run_main,
                                       start_cli, tiny_config, tiny_dataset, train_argv, wait_for, write_folder)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")

@@ -1,10 +1,10 @@
 """Training and evaluation throughput: our pipeline and the tutorial's, side by side, in one run.
 
-Ours is the real engine: a `Trainer` is built from a config exactly as `train` builds it, and the
-timed loop is the engine's own loop body (`Trainer._loop_step`: `_guarded_step` -> `_train_step`
-and the finite watch, read every `check_every` steps) on batches of the device-resident loader: the
-same step, autocast, scaler, optimizer, compile wrapper and channels_last as a training run.
-There is no bench-only step.
+Ours is the real engine: the run's parts are built from a config exactly as `train` builds them
+(`engine.build_parts` + `engine.parts.wrap_for_training`), and the timed loop calls the public step
+that `train` runs (`engine.step.guarded_step` -> `train_step`) with the finite watch read every
+`check_every` steps, on batches of the device-resident loader: the same step, autocast, scaler,
+optimizer, compile wrapper and channels_last as a training run. There is no bench-only step.
 
 The baseline is the classic tutorial pipeline (kuangliu/pytorch-cifar style): a torchvision-style
 dataset of HWC uint8 arrays turned into PIL images, RandomCrop(32, padding=4) +
@@ -27,32 +27,24 @@ settle after warm-up.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 
-from . import runtime
+from . import finite, runtime
+from .bench_baseline import Baseline, sync
+from .distributed import World
+from .engine.sums import Sums
+from .progress import Silent
+from .runtime import cpu_name, device_name
 
 VISION_HINT = "pip install 'resnet-cifar[vision]'"
 
 
 # ------------------------------------------------------------------------------------ helpers
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def cpu_flags() -> list[str]:
     """The CPU features that decide CPU bf16 speed (empty where /proc/cpuinfo is missing)."""
     try:
@@ -64,11 +56,6 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _loadavg() -> float | None:
@@ -90,8 +77,9 @@ def synthetic_dataset(n: int, num_classes: int = 10, seed: int = 0):
                    CIFAR10_MEAN, CIFAR10_STD)
 
 
-class _Collect:
-    """A progress sink that keeps the log lines (the compile-fallback warning lands here)."""
+class _Collect(Silent):
+    """The progress sink of the bench: no bars, but the log lines are kept (the compile-fallback
+    warning lands here) and passed on to `log`."""
 
     def __init__(self, log: Callable[[str], None] | None = None):
         self.lines: list[str] = []
@@ -102,128 +90,59 @@ class _Collect:
         if self._log:
             self._log(message)
 
-    def __getattr__(self, name):  # epoch_start, step, estimate, ...: nothing to show
-        return lambda *a, **k: None
-
 
 # ------------------------------------------------------------------------------------- ours
 class _Ours:
-    """The engine's loop body over the device loader, continuing across epochs as needed."""
+    """The engine's public step over the device loader, continuing across epochs as needed."""
 
-    def __init__(self, trainer):
-        self.t = trainer
-        self.sums = torch.zeros(3, dtype=torch.float64, device=trainer.device)
+    def __init__(self, cfg, data, device: torch.device, progress: _Collect):
+        from .engine import build_parts
+        from .engine.parts import wrap_for_training
+
+        self.cfg = cfg
+        self.parts = build_parts(cfg, data, device)
+        self.parts.step.model = wrap_for_training(self.parts.model, cfg, device, World(), warn=progress.log)
+        self.device = device
+        self.watch = finite.FiniteWatch(device)
+        self.check_every = finite.check_every(device)
+        self.sums = Sums.zeros(device)
+        self.step_count = 0
         self.batches = self._batches()
         self.images = 0
-        trainer.train_model.train()
+        self.parts.step.model.train()
 
     def _batches(self) -> Iterator:
         epoch = 1
         while True:
-            for b, x, y in self.t.train_loader.batches(epoch):
-                if len(y) == self.t.cfg.batch_size:   # a smaller last batch would only time a recompile
+            for b, x, y in self.parts.loader.batches(epoch):
+                if len(y) == self.cfg.batch_size:   # a smaller last batch would only time a recompile
                     yield b, x, y
             epoch += 1
 
     def steps(self, n: int) -> float:
-        t = self.t
-        runtime.keep_host_memory(True, t.device)
-        _sync(t.device)
+        from .engine import step
+
+        p, cfg = self.parts, self.cfg
+        runtime.keep_host_memory(True, self.device)
+        sync(self.device)
         t0 = time.perf_counter()
         for _ in range(n):
             b, x, y = next(self.batches)
-            t._loop_step(x, y, len(y), self.sums, stopping=False)
-        _sync(t.device)
-        self.images += n * t.cfg.batch_size
+            out = step.guarded_step(p.step, x, y, len(y), p.schedule.lr(self.step_count), batch_size=cfg.batch_size,
+                                    auto_batch=cfg.auto_batch, step_number=self.step_count)
+            self.step_count += 1
+            self.sums.add(out.sums)
+            self.watch.add(out.finite, self.step_count)
+            if self.step_count % self.check_every == 0:
+                self.finish()
+        sync(self.device)
+        self.images += n * cfg.batch_size
         return time.perf_counter() - t0
 
     def finish(self) -> None:
-        self.t._check_finite()
-
-
-# --------------------------------------------------------------------------------- baseline
-class TutorialDataset(torch.utils.data.Dataset):
-    """As torchvision.datasets.CIFAR10 serves images: HWC uint8 arrays -> PIL -> transform."""
-
-    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, transform):
-        self.data, self.targets, self.transform = images_hwc, labels, transform
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i):
-        from PIL import Image
-
-        return self.transform(Image.fromarray(self.data[i])), int(self.targets[i])
-
-
-def tutorial_transforms(mean, std):
-    import torchvision.transforms as T  # the [vision] extra
-
-    train = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
-    test = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
-    return train, test
-
-
-class _Baseline:
-    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, *, model_name: str, num_classes: int, width: float,
-                 batch_size: int, mean, std, device: torch.device, workers: int, seed: int = 0):
-        from .models import build_model
-
-        train_tf, self.test_tf = tutorial_transforms(mean, std)
-        self.hwc = x_uint8.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        self.labels = y.cpu().numpy()
-        self.batch_size, self.device, self.workers = batch_size, device, workers
-        self.dataset = TutorialDataset(self.hwc, self.labels, train_tf)
-        torch.manual_seed(seed)
-        self.net = build_model(model_name, num_classes, width).to(device)
-        self.criterion = torch.nn.CrossEntropyLoss()
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-        self.batches = self._batches()
-        self.images = 0
-
-    def _batches(self) -> Iterator:
-        while True:  # a new DataLoader iterator per epoch, as the tutorial's epoch loop does
-            loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True,
-                                                 num_workers=self.workers)
-            for x, y in loader:
-                if len(y) == self.batch_size:
-                    yield x, y
-
-    def steps(self, n: int) -> float:
-        net, opt, crit, dev = self.net, self.optimizer, self.criterion, self.device
-        runtime.keep_host_memory(False, dev)
-        net.train()
-        _sync(dev)
-        t0 = time.perf_counter()
-        for _ in range(n):
-            inputs, targets = next(self.batches)
-            inputs, targets = inputs.to(dev), targets.to(dev)
-            opt.zero_grad()
-            loss = crit(net(inputs), targets)
-            loss.backward()
-            opt.step()
-        _sync(dev)
-        self.images += n * self.batch_size
-        return time.perf_counter() - t0
-
-    @torch.no_grad()
-    def evaluate(self, n_images: int) -> float:
-        """The tutorial's test loop: batch 100, workers, eval mode, loss and argmax per batch."""
-        ds = TutorialDataset(self.hwc[:n_images], self.labels[:n_images], self.test_tf)
-        loader = torch.utils.data.DataLoader(ds, batch_size=100, shuffle=False, num_workers=self.workers)
-        self.net.eval()
-        runtime.keep_host_memory(False, self.device)
-        _sync(self.device)
-        t0 = time.perf_counter()
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        for inputs, targets in loader:
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
-            outputs = self.net(inputs)
-            self.criterion(outputs, targets)
-            correct += outputs.argmax(1).eq(targets).sum()
-        _sync(self.device)
-        return time.perf_counter() - t0
+        """Read the finite watch, as train does: a non-finite loss fails the bench too."""
+        finite.judge(self.watch.read(), amp=self.parts.amp, max_skipped_steps=self.cfg.max_skipped_steps,
+                     steps_per_epoch=len(self.parts.loader))
 
 
 def _have_torchvision() -> bool:
@@ -235,6 +154,92 @@ def _have_torchvision() -> bool:
 
 
 # ------------------------------------------------------------------------------------ the run
+def _counts(steps, warmup, windows, batch_size, on_cuda) -> tuple[int, int, int, list[int]]:
+    from .errors import UsageError
+
+    steps = steps if steps is not None else (100 if on_cuda else 10)
+    warmup = warmup if warmup is not None else (20 if on_cuda else 2)
+    if steps < 1 or warmup < 0 or windows < 1 or batch_size < 1:
+        raise UsageError("--steps, --windows and --batch-size must be >= 1 and --warmup >= 0")
+    windows = min(windows, steps)
+    per_window = [steps // windows + (1 if i < steps % windows else 0) for i in range(windows)]
+    return steps, warmup, windows, per_window
+
+
+def _baseline_wanted(baseline: bool | None, say) -> tuple[bool, str | None]:
+    """(run the baseline?, why it was skipped). baseline=True needs torchvision (a UsageError without)."""
+    from .errors import UsageError
+
+    if baseline is False:
+        return False, None
+    if _have_torchvision():
+        return True, None
+    if baseline is True:
+        raise UsageError(f"the tutorial baseline needs torchvision: {VISION_HINT} (or pass --no-baseline)")
+    error = f"torchvision is not installed, so the tutorial baseline was skipped: {VISION_HINT}"
+    say(error)
+    return False, error
+
+
+def _bench_data(dataset, data_dir, need: int, batch_size: int, num_classes: int, seed: int, say):
+    from .data import load_dataset
+    from .errors import UsageError
+
+    if dataset:
+        data, desc = load_dataset(dataset, data_dir or "data", download=False, log=say), f"{dataset}:{data_dir}"
+    else:
+        data, desc = synthetic_dataset(max(need, 2 * batch_size), num_classes=num_classes, seed=seed), "synthetic uint8"
+    if len(data.train_y) < batch_size:
+        raise UsageError(f"--batch-size {batch_size} is larger than the {len(data.train_y)} training images")
+    return data, desc
+
+
+def _time_training(ours: _Ours, base: Baseline | None, warmup: int, per_window: list[int], batch_size: int,
+                   say) -> dict:
+    """Warm-up (the first step timed on its own), then windows alternating between ours and the baseline."""
+    first = ours.steps(1) if warmup else None
+    if warmup > 1:
+        ours.steps(warmup - 1)
+    base_first = None
+    if base is not None and warmup:
+        base_first = base.steps(1)
+        if warmup > 1:
+            base.steps(warmup - 1)
+    ours_w, base_w = [], []
+    for i, k in enumerate(per_window):
+        ours_w.append(k * batch_size / ours.steps(k))
+        if base is not None:
+            base_w.append(k * batch_size / base.steps(k))
+        say(f"window {i + 1}/{len(per_window)}: ours {ours_w[-1]:.1f} img/s"
+            + (f", baseline {base_w[-1]:.1f} img/s" if base is not None else ""))
+    ours.finish()
+    return {"first": first, "base_first": base_first, "ours": ours_w, "base": base_w}
+
+
+def _time_evaluation(ours: _Ours, base: Baseline | None, n_eval: int, windows: int) -> tuple[list, list]:
+    """The engine's evaluation at the configured eval batch (one sync per call) vs the tutorial's test loop."""
+    dev, p = ours.device, ours.parts
+    ex, ey = p.splits.train_x[:n_eval], p.splits.train_y[:n_eval]
+
+    def ours_eval() -> float:
+        runtime.keep_host_memory(True, dev)
+        sync(dev)
+        t0 = time.perf_counter()
+        p.evaluator(p.model, ex, ey)
+        sync(dev)
+        return time.perf_counter() - t0
+
+    ours_eval()  # warm-up (cudnn autotune for the eval batch shape)
+    if base is not None:
+        base.evaluate(min(n_eval, 200))  # warm-up
+    eval_w, base_w = [], []
+    for _ in range(windows):
+        eval_w.append(n_eval / ours_eval())
+        if base is not None:
+            base_w.append(n_eval / base.evaluate(n_eval))
+    return eval_w, base_w
+
+
 def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "auto", steps: int | None = None,
               warmup: int | None = None, windows: int = 5, amp: str = "auto", compile: str = "auto",
               channels_last: bool = True, dataset: str | None = None, data_dir: str | None = None,
@@ -249,109 +254,58 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
     step there). Timed steps are split into `windows` windows; each figure is their median.
     """
     from .config import resolve
-    from .data import load_dataset
-    from .engine import Trainer, evaluate
-    from .errors import UsageError
+    from .engine import setup
 
     say = log or (lambda m: None)
     dev = runtime.pick_device(device)
     on_cuda = dev.type == "cuda"
-    steps = steps if steps is not None else (100 if on_cuda else 10)
-    warmup = warmup if warmup is not None else (20 if on_cuda else 2)
-    if steps < 1 or warmup < 0 or windows < 1 or batch_size < 1:
-        raise UsageError("--steps, --windows and --batch-size must be >= 1 and --warmup >= 0")
-    windows = min(windows, steps)
-    per_window = [steps // windows + (1 if i < steps % windows else 0) for i in range(windows)]
-
-    want_baseline = baseline is not False
-    baseline_error = None
-    if want_baseline and not _have_torchvision():
-        if baseline is True:
-            raise UsageError(f"the tutorial baseline needs torchvision: {VISION_HINT} (or pass --no-baseline)")
-        baseline_error = f"torchvision is not installed, so the tutorial baseline was skipped: {VISION_HINT}"
-        want_baseline = False
-        say(baseline_error)
-
-    if dataset:
-        data = load_dataset(dataset, data_dir or "data", download=False, log=say)
-        data_desc = f"{dataset}:{data_dir}"
-    else:
-        need = batch_size * (warmup + steps + 1)
-        data = synthetic_dataset(max(need, 2 * batch_size), num_classes=num_classes, seed=seed)
-        data_desc = "synthetic uint8"
-    n_train = len(data.train_y)
-    if n_train < batch_size:
-        raise UsageError(f"--batch-size {batch_size} is larger than the {n_train} training images")
-
+    steps, warmup, windows, per_window = _counts(steps, warmup, windows, batch_size, on_cuda)
+    want_baseline, baseline_error = _baseline_wanted(baseline, say)
+    data, data_desc = _bench_data(dataset, data_dir, batch_size * (warmup + steps + 1), batch_size, num_classes,
+                                  seed, say)
     cfg = resolve(flag_values=dict(
         model=model, width=width, batch_size=batch_size, epochs=1, val_size=0, train_subset=0,
         scheduler="constant", swa=False, ema=0.0, device=device, amp=amp, compile=compile,
         channels_last=channels_last, dataset=dataset or "cifar10", data_dir=data_dir or "data",
         download=False, seed=seed), preset="tutorial")
     progress = _Collect(log)
-    with tempfile.TemporaryDirectory(prefix="resnet-cifar-bench-") as run_dir:
-        trainer = Trainer(cfg, data, run_dir, progress=progress)
-    ours = _Ours(trainer)
+    setup(cfg)   # the process-wide settings of a training run (seeds, backend flags), as train makes them
+    ours = _Ours(cfg, data, dev, progress)
     base = None
     if want_baseline:
         workers = baseline_workers if baseline_workers is not None else min(4, os.cpu_count() or 1)
-        base = _Baseline(trainer.splits.train_x, trainer.splits.train_y, model_name=model,
-                         num_classes=data.num_classes, width=width, batch_size=batch_size, mean=data.mean,
-                         std=data.std, device=dev, workers=workers, seed=seed)
-
+        base = Baseline(ours.parts.splits.train_x, ours.parts.splits.train_y, model_name=model,
+                        num_classes=data.num_classes, width=width, batch_size=batch_size, mean=data.mean,
+                        std=data.std, device=dev, workers=workers, seed=seed)
     load_before = _loadavg()
     host_memory_kept = runtime.keep_host_memory(True, dev)
-    say(f"bench: {model} batch {batch_size} on {dev} ({_device_name(dev)}), amp {trainer.amp}, "
+    say(f"bench: {model} batch {batch_size} on {dev} ({device_name(dev)}), amp {ours.parts.amp}, "
         f"{warmup} warm-up + {steps} timed steps in {windows} windows, data: {data_desc}")
-    first = ours.steps(1) if warmup else None
-    if warmup > 1:
-        ours.steps(warmup - 1)
-    base_first = None
-    if base is not None and warmup:
-        base_first = base.steps(1)
-        if warmup > 1:
-            base.steps(warmup - 1)
-    ours_w, base_w = [], []
-    for i, k in enumerate(per_window):
-        ours_w.append(k * batch_size / ours.steps(k))
-        if base is not None:
-            base_w.append(k * batch_size / base.steps(k))
-        say(f"window {i + 1}/{windows}: ours {ours_w[-1]:.1f} img/s"
-            + (f", baseline {base_w[-1]:.1f} img/s" if base is not None else ""))
-    ours.finish()
+    train = _time_training(ours, base, warmup, per_window, batch_size, say)
+    n_eval = min(len(data.train_y), eval_images if eval_images is not None else (10_000 if on_cuda else 1024))
+    eval_w, base_eval_w = _time_evaluation(ours, base, n_eval, 3 if on_cuda else 2)
+    facts = {"model": model, "width": width, "batch_size": batch_size, "eval_batch_size": cfg.eval_batch_size,
+             "eval_images": n_eval, "amp": ours.parts.amp, "compile": _compile_state(ours),
+             "channels_last": cfg.channels_last, "steps": steps, "warmup": warmup, "windows": windows,
+             "baseline_workers": base.workers if base is not None else None, "baseline_error": baseline_error,
+             "host_memory_kept": host_memory_kept, "data": data_desc, "loadavg_before": load_before,
+             "loadavg_after": _loadavg(), "warnings": list(progress.lines)}
+    return _result(dev, train, eval_w, base_eval_w, base is not None, facts)
 
-    # Evaluation: the engine's evaluate() at the configured eval batch (one sync per call).
-    n_eval = min(n_train, eval_images if eval_images is not None else (10_000 if on_cuda else 1024))
-    ex, ey = trainer.splits.train_x[:n_eval], trainer.splits.train_y[:n_eval]
-    eval_windows = 3 if on_cuda else 2
 
-    def ours_eval() -> float:
-        runtime.keep_host_memory(True, dev)
-        _sync(dev)
-        t0 = time.perf_counter()
-        evaluate(trainer.model, ex, ey, mean=data.mean, std=data.std, batch_size=cfg.eval_batch_size,
-                 amp_ctx=trainer.amp_ctx, channels_last=cfg.channels_last, num_classes=data.num_classes)
-        _sync(dev)
-        return time.perf_counter() - t0
+def _compile_state(ours: _Ours) -> str:
+    m = ours.parts.step.model
+    if not isinstance(m, runtime.CompileFallback):
+        return "off"
+    return "on" if m.compiled_active else "failed (eager fallback)"
 
-    ours_eval()  # warm-up (cudnn autotune for the eval batch shape)
-    eval_w, base_eval_w = [], []
-    if base is not None:
-        base.evaluate(min(n_eval, 200))  # warm-up
-    for _ in range(eval_windows):
-        eval_w.append(n_eval / ours_eval())
-        if base is not None:
-            base_eval_w.append(n_eval / base.evaluate(n_eval))
-    load_after = _loadavg()
 
+def _result(dev: torch.device, train: dict, eval_w: list, base_eval_w: list, has_base: bool, facts: dict) -> dict:
     med = statistics.median
-    train_img_s = med(ours_w)
-    base_img_s = med(base_w) if base_w else None
-    eval_img_s = med(eval_w)
+    train_img_s, eval_img_s = med(train["ours"]), med(eval_w)
+    base_img_s = med(train["base"]) if train["base"] else None
     base_eval = med(base_eval_w) if base_eval_w else None
-    compile_state = "off"
-    if isinstance(trainer.train_model, runtime.CompileFallback):
-        compile_state = "on" if trainer.train_model.compiled_active else "failed (eager fallback)"
+    first, base_first = train["first"], train["base_first"]
     return {
         "train_img_s": round(train_img_s, 2),
         "baseline_train_img_s": round(base_img_s, 2) if base_img_s else None,
@@ -359,28 +313,18 @@ def run_bench(*, model: str = "resnet18", batch_size: int = 128, device: str = "
         "eval_img_s": round(eval_img_s, 2),
         "baseline_eval_img_s": round(base_eval, 2) if base_eval else None,
         "eval_ratio": round(eval_img_s / base_eval, 3) if base_eval else None,
-        "device": str(dev), "device_name": _device_name(dev), "cpu_name": cpu_name(),
-        "gpu_name": torch.cuda.get_device_name(dev) if on_cuda else None,
+        "device": str(dev), "device_name": device_name(dev), "cpu_name": cpu_name(),
+        "gpu_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "cpu_flags": cpu_flags(), "cpu_cores": os.cpu_count(), "threads": torch.get_num_threads(),
-        "model": model, "width": width, "batch_size": batch_size, "eval_batch_size": cfg.eval_batch_size,
-        "eval_images": n_eval, "amp": trainer.amp, "compile": compile_state, "channels_last": cfg.channels_last,
-        "torch_version": str(torch.__version__), "steps": steps, "warmup": warmup, "windows": windows,
-        "train_windows_img_s": [round(v, 2) for v in ours_w],
-        "baseline_windows_img_s": [round(v, 2) for v in base_w],
+        "torch_version": str(torch.__version__),
+        "train_windows_img_s": [round(v, 2) for v in train["ours"]],
+        "baseline_windows_img_s": [round(v, 2) for v in train["base"]],
         "first_step_seconds": round(first, 3) if first is not None else None,
         "baseline_first_step_seconds": round(base_first, 3) if base_first is not None else None,
         "baseline": "tutorial DataLoader (PIL, RandomCrop+Flip+ToTensor+Normalize), fp32, contiguous, eager"
-                    if base is not None else None,
-        "baseline_workers": base.workers if base is not None else None,
-        "baseline_error": baseline_error,
-        "host_memory_kept": host_memory_kept,
-        "data": data_desc, "loadavg_before": load_before, "loadavg_after": load_after,
-        "warnings": list(progress.lines),
+                    if has_base else None,
+        **facts,
     }
-
-
-def _device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def format_table(r: dict[str, Any]) -> str:

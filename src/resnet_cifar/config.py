@@ -21,67 +21,107 @@ from .errors import UsageError, first_line
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("plateau", "cosine", "onecycle", "multistep", "constant")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = ("auto", "cpu", "cuda", "mps")    # the one list (runtime.pick_device, every --device flag)
 COMPILE_MODES = ("auto", "on", "off")
 PAD_MODES = ("reflect", "zeros")
-PRESETS = ("tutorial", "fast")
+
+# Flag groups of `train --help`, in this order.
+GROUPS = ("data", "model", "optimisation", "averaging", "runtime", "run directory")
+
+
+def option(default: Any, group: str, help: str, *, choices: tuple | None = None, metavar: str | None = None,
+           flag: str | None = None, negated: bool = False, aliases: tuple[tuple[str, Any], ...] = (),
+           ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+           note: str = "") -> Any:
+    """A Config field and everything its `train` flag needs, in one place.
+
+    group: the --help section (one of GROUPS); help: one line (the presets' values are added to it);
+    choices: the allowed values (checked by argparse and by `validate`); metavar: the value's name
+    in --help; flag: the flag's name without "--" when it differs from the field's (dashes for
+    underscores); negated: a bool field whose flag says the opposite (no_bn_decay <- --bn-decay /
+    --no-bn-decay); aliases: (old spelling, the value it sets) pairs of bare flags, still accepted,
+    not shown in --help. ge / gt / le / lt: bounds `validate` checks (every float must also be
+    finite), with `note` added to the message of a failed le / lt.
+    """
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    meta = {"group": group, "help": help, "choices": choices, "metavar": metavar, "flag": flag,
+            "negated": negated, "aliases": aliases, "bounds": bounds, "note": note}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class Config:
     # --- data
-    dataset: str = "cifar10"
-    data_dir: str = "data"
-    download: bool = True          # fetch the official CIFAR archive when it is missing
-    val_size: int = 5000           # carved from train, stratified; 0 = no validation split
-    train_subset: int = 0          # use only N training images (stratified); 0 = all
-    crop_padding: int = 4          # random crop 32x32 from the image padded by this many pixels
-    pad_mode: str = "reflect"
-    flip: bool = True
-    cutout: int = 0                # side of a zeroed square per image; 0 = off
+    dataset: str = option("cifar10", "data", "cifar10 | cifar100 | folder (PATH/train/<class>/*.png|jpg)",
+                          choices=DATASETS)
+    data_dir: str = option("data", "data", "where the dataset lives", metavar="PATH")
+    download: bool = option(True, "data", "fetch the official CIFAR archive when it is missing")
+    val_size: int = option(5000, "data", "validation images carved from train, stratified (0 = none)", metavar="N",
+                           ge=0)
+    train_subset: int = option(0, "data", "train on N images, stratified (0 = all)", metavar="N", ge=0)
+    crop_padding: int = option(4, "data", "random 32x32 crop of the image padded by this many pixels", metavar="PX",
+                               ge=0, le=16)
+    pad_mode: str = option("reflect", "data", "how the crop's padding is filled", choices=PAD_MODES)
+    flip: bool = option(True, "data", "random horizontal flips")
+    cutout: int = option(0, "data", "side of a zeroed square per image (0 = off)", metavar="SIZE", ge=0, le=32)
     # --- model
-    model: str = "resnet18"
-    width: float = 1.0             # channel multiplier (tiny models for tests)
-    zero_init_residual: bool = False
+    model: str = option("resnet18", "model", "architecture; `resnet-cifar summary --help` lists them",
+                        metavar="NAME")
+    width: float = option(1.0, "model", "channel multiplier (1.0 = reference; tiny models for tests)", ge=0, gt=0,
+                          le=64, note=" (a channel multiplier: 1.0 = reference, 10 = very wide)")
+    zero_init_residual: bool = option(False, "model", "start each residual block's last BN at zero")
     # --- optimisation
-    epochs: int = 250
-    batch_size: int = 128          # global batch: per-device batch x devices x accumulation steps
-    accum_steps: int = 1
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    no_bn_decay: bool = False      # no weight decay on BN parameters and biases
-    label_smoothing: float = 0.1
-    scheduler: str = "plateau"
-    warmup_epochs: float = 0.0
-    plateau_factor: float = 0.1
-    plateau_patience: int = 10
-    milestones: list = field(default_factory=lambda: [0.5, 0.75])  # fractions of the epochs
-    gamma: float = 0.1
-    min_lr: float = 0.0
+    epochs: int = option(250, "optimisation", "training epochs", ge=1)
+    batch_size: int = option(128, "optimisation", "GLOBAL batch per optimizer step = per-device batch x devices "
+                                                  "x --accum-steps (the lr is never rescaled silently)", ge=1)
+    accum_steps: int = option(1, "optimisation", "split each batch into this many micro-batches", ge=1)
+    optimizer: str = option("sgd", "optimisation", "optimizer", choices=OPTIMIZERS)
+    lr: float = option(0.1, "optimisation", "peak learning rate (after warm-up)", ge=0, gt=0)
+    momentum: float = option(0.9, "optimisation", "SGD momentum", ge=0, lt=1)
+    nesterov: bool = option(False, "optimisation", "Nesterov momentum (SGD)")
+    weight_decay: float = option(5e-4, "optimisation", "L2 weight decay", ge=0)
+    no_bn_decay: bool = option(False, "optimisation", "weight decay on BN parameters and biases too "
+                                                      "(--no-bn-decay: not on them)",
+                               flag="bn-decay", negated=True, aliases=(("--no-no-bn-decay", False),))
+    label_smoothing: float = option(0.1, "optimisation", "label smoothing of the training loss", ge=0, lt=1)
+    scheduler: str = option("plateau", "optimisation", "learning-rate schedule", choices=SCHEDULERS)
+    warmup_epochs: float = option(0.0, "optimisation", "linear warm-up from 0, in epochs (fractions allowed)", ge=0)
+    plateau_factor: float = option(0.1, "optimisation", "plateau: multiply the lr by this when validation "
+                                                        "loss stalls", ge=0)
+    plateau_patience: int = option(10, "optimisation", "plateau: epochs without improvement before a cut", ge=0)
+    milestones: list = option([0.5, 0.75], "optimisation", "multistep: where the lr is cut, as fractions of "
+                                                           "the epochs", metavar="F,F")
+    gamma: float = option(0.1, "optimisation", "multistep: factor per milestone", ge=0)
+    min_lr: float = option(0.0, "optimisation", "cosine/onecycle: the lr the schedule ends at", ge=0)
     # --- averaging
-    swa: bool = False
-    swa_start: float = 0.75        # epoch (>= 1) or fraction of the epochs (< 1) where SWA starts
-    swa_lr: float = 0.01
-    ema: float = 0.0               # EMA decay per optimizer step (e.g. 0.999); 0 = off
+    swa: bool = option(False, "averaging", "stochastic weight averaging for the last part of training")
+    swa_start: float = option(0.75, "averaging", "epoch (>= 1) or fraction of the epochs (< 1) where SWA starts", ge=0)
+    swa_lr: float = option(0.01, "averaging", "constant lr during SWA", ge=0)
+    ema: float = option(0.0, "averaging", "EMA decay of the weights per step (e.g. 0.999; 0 = off)",
+                        metavar="DECAY", ge=0)
     # --- runtime
-    amp: str = "auto"              # auto: bf16 on CUDA (fp16 + GradScaler where bf16 is missing), off on CPU
-    device: str = "auto"
-    compile: str = "auto"          # auto: on for CUDA, off elsewhere
-    channels_last: bool = True
-    seed: int = 0
-    deterministic: bool = False
-    eval_batch_size: int = 1024
-    tta: bool = False              # flip test-time augmentation for the final test evaluation
-    checkpoint_every: int = 0      # also checkpoint every N optimizer steps (0 = at epoch ends only)
-    auto_batch: bool = False       # on CUDA OOM: halve the micro-batch, double accumulation
-    sync_bn: bool = False
-    max_skipped_steps: int = 25    # fp16: stop after this many consecutive non-finite steps
-    report: bool = True            # build RUN_DIR/report at the end
-    out: str = ""                  # run directory ("" = runs/<time>-<model>-<dataset>)
-    preset: str = "tutorial"
+    amp: str = option("auto", "runtime", "mixed precision (auto: bf16 on CUDA, fp16 + GradScaler where bf16 "
+                                         "is missing, off on the CPU)", choices=AMP_MODES)
+    device: str = option("auto", "runtime", "where to train (auto: CUDA when available)", choices=DEVICES)
+    compile: str = option("auto", "runtime", "torch.compile (auto: on for CUDA, off elsewhere)",
+                          choices=COMPILE_MODES)
+    channels_last: bool = option(True, "runtime", "channels-last memory format")
+    seed: int = option(0, "runtime", "seed of the split, the shuffling, augmentation and initialisation", ge=0)
+    deterministic: bool = option(False, "runtime", "bitwise-reproducible kernels (slower on CUDA)")
+    eval_batch_size: int = option(1024, "runtime", "batch size of evaluation", ge=1)
+    tta: bool = option(False, "runtime", "flip test-time augmentation for the final test evaluation")
+    checkpoint_every: int = option(0, "runtime", "also checkpoint every N optimizer steps (0 = at epoch ends "
+                                                 "only)", metavar="STEPS", ge=0)
+    auto_batch: bool = option(False, "runtime", "on CUDA out-of-memory, halve the micro-batch and double "
+                                                "--accum-steps (same global batch and results)")
+    sync_bn: bool = option(False, "runtime", "SyncBatchNorm across processes under torchrun")
+    max_skipped_steps: int = option(25, "runtime", "fp16: stop after this many consecutive non-finite steps", ge=0)
+    report: bool = option(True, "runtime", "build RUN_DIR/report at the end")
+    out: str = option("", "run directory", "run directory (default: runs/<date>-<time>-<model>-<dataset>)",
+                      metavar="RUN_DIR")
+    preset: str = option("tutorial", "", "the recipe the other values start from")  # its flag: cli/config_flags
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,6 +148,7 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
 }
 
 FIELD_NAMES = tuple(f.name for f in fields(Config))
+PRESETS = tuple(PRESET_VALUES)
 
 
 def _closest(name: str, options) -> str:
@@ -229,34 +270,14 @@ def validate(cfg: Config) -> None:
 
     choice("dataset", DATASETS)
     choice("model", tuple(list_models()))
-    choice("optimizer", OPTIMIZERS)
-    choice("scheduler", SCHEDULERS)
-    choice("amp", AMP_MODES)
-    choice("device", DEVICES)
-    choice("compile", COMPILE_MODES)
-    choice("pad_mode", PAD_MODES)
-    for name in ("lr", "momentum", "weight_decay", "label_smoothing", "warmup_epochs", "swa_lr",
-                 "ema", "width", "swa_start", "plateau_factor", "gamma", "min_lr"):
-        v = getattr(cfg, name)
-        need(math.isfinite(v), f"--{name.replace('_', '-')} must be a finite number, got {v}")
-        need(v >= 0, f"--{name.replace('_', '-')} must be >= 0, got {v}")
-    need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
-    need(cfg.width > 0, f"--width must be > 0, got {cfg.width}")
-    need(cfg.width <= 64, f"--width must be <= 64 (a channel multiplier: 1.0 = reference, 10 = very wide), got {cfg.width}")
-    need(cfg.momentum < 1, f"--momentum must be < 1, got {cfg.momentum}")
-    need(cfg.label_smoothing < 1, f"--label-smoothing must be < 1, got {cfg.label_smoothing}")
+    for f in fields(Config):
+        if f.metadata.get("choices") and f.name != "dataset":
+            choice(f.name, f.metadata["choices"])
+    for f in fields(Config):
+        _check_bounds(f, getattr(cfg, f.name))
     need(cfg.ema < 1, f"--ema is a decay in [0, 1), got {cfg.ema}")
     need(0 < cfg.plateau_factor < 1, f"--plateau-factor must be in (0, 1), got {cfg.plateau_factor}")
-    for name in ("epochs", "batch_size", "accum_steps", "eval_batch_size"):
-        v = getattr(cfg, name)
-        need(v >= 1, f"--{name.replace('_', '-')} must be >= 1, got {v}")
-    for name in ("val_size", "train_subset", "crop_padding", "cutout", "plateau_patience",
-                 "checkpoint_every", "max_skipped_steps", "seed"):
-        v = getattr(cfg, name)
-        need(v >= 0, f"--{name.replace('_', '-')} must be >= 0, got {v}")
     need(cfg.seed < 2**63, f"--seed must be below 2**63 (torch's generator range), got {cfg.seed}")
-    need(cfg.crop_padding <= 16, f"--crop-padding must be <= 16, got {cfg.crop_padding}")
-    need(cfg.cutout <= 32, f"--cutout must be <= 32, got {cfg.cutout}")
     need(cfg.batch_size % cfg.accum_steps == 0,
          f"--batch-size {cfg.batch_size} is not divisible by --accum-steps {cfg.accum_steps}; "
          "the global batch must split into equal micro-batches")
@@ -273,6 +294,22 @@ def validate(cfg: Config) -> None:
         need(1 <= start <= cfg.epochs,
              f"--swa-start {cfg.swa_start} falls outside the {cfg.epochs} epochs; use a fraction "
              "(e.g. 0.75) or an epoch number <= --epochs")
+
+
+_OPS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+        "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def _check_bounds(f, v) -> None:
+    """A field's own range (option's ge/gt/le/lt); every float must be finite."""
+    flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+    if isinstance(v, float) and not math.isfinite(v):
+        raise UsageError(f"{flag} must be a finite number, got {v}")
+    for key, bound in f.metadata.get("bounds", {}).items():
+        symbol, ok = _OPS[key]
+        if not ok(v, bound):
+            note = f.metadata.get("note", "") if key in ("le", "lt") else ""
+            raise UsageError(f"{flag} must be {symbol} {bound:g}{note}, got {v}")
 
 
 def swa_start_epoch(cfg: Config) -> int:

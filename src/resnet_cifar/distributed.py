@@ -14,6 +14,7 @@ See docs/distributed.md for launch commands and the global-batch rules.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from dataclasses import dataclass
@@ -155,6 +156,16 @@ def _attempt_store(world: World) -> dist.Store | None:
 def shutdown(world: World) -> None:
     if world.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(world: World):
+    """The process group for the duration of a `with` (a no-op for a single process)."""
+    init(world)
+    try:
+        yield world
+    finally:
+        shutdown(world)
 
 
 def all_reduce_sum(t: torch.Tensor, world: World) -> torch.Tensor:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import WorkError
+
 # Steps between reads on asynchronous devices. At a few ms per step on a GPU this is a sync every
 # ~0.1-0.3 s (<0.1% of the time); it also bounds how late DDP ranks agree on a stop signal.
 CHECK_EVERY_ASYNC = 50
@@ -59,3 +61,23 @@ class FiniteWatch:
         """Zero every counter: an epoch starts with no run of bad steps behind it (the last
         epoch's end read everything else)."""
         self.state = torch.zeros(5, dtype=torch.int64, device=self.device)
+
+
+def judge(r: Reading, *, amp: str, max_skipped_steps: int, steps_per_epoch: int) -> int:
+    """What a reading means for the run: the number of skipped (fp16) steps to count, or a WorkError.
+
+    Without loss scaling any non-finite step is fatal. With fp16, GradScaler skipped those steps;
+    only a run of more than max_skipped_steps of them in a row means the run is broken.
+    """
+    if not r.bad_steps:
+        return 0
+    spe = max(steps_per_epoch, 1)
+    where = (f"step {r.first_bad_step} (epoch {(r.first_bad_step - 1) // spe + 1}, "
+             f"batch {(r.first_bad_step - 1) % spe + 1})")
+    if amp == "fp16":
+        if r.longest_run <= max_skipped_steps:
+            return r.bad_steps
+        raise WorkError(f"{r.longest_run} consecutive fp16 steps had a non-finite loss (the first of this "
+                        f"stretch's at {where}); stopping. Try --amp bf16 or off, or a lower --lr")
+    raise WorkError(f"loss became non-finite at {where}; stopped without saving it. Lower --lr, check the "
+                    "data's normalisation, or resume from the last checkpoint")

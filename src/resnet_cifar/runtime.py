@@ -11,13 +11,31 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import platform
 import random
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import UsageError, describe
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: torch.device) -> str:
+    """The card's name on CUDA, the CPU's model name otherwise (results.json, bench)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def cuda_available() -> bool:
@@ -42,7 +60,9 @@ def pick_device(name: str = "auto", local_rank: int | None = None) -> torch.devi
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise UsageError(f"unknown device {name!r}; choose one of: auto, cpu, cuda, mps")
+    from .config import DEVICES
+
+    raise UsageError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}")
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:

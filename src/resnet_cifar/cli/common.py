@@ -16,7 +16,9 @@ def add_data_flags(p: argparse.ArgumentParser, required: bool = False, defaults:
 
 
 def add_device_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+    from ..config import DEVICES
+
+    p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to run (auto: CUDA when available)")
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_images
+from helpers import make_images
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar.config import resolve
 from resnet_cifar.data import Dataset

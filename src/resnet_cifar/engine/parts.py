@@ -1,0 +1,136 @@
+"""The parts of a training run, built from a config: splits, loader, model, optimizer, schedule,
+scaler, autocast, SWA/EMA, the DDP/compile wrapper. Building them has no global side effects
+(those are `engine.setup`'s); it refuses a config the data or the world cannot run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .. import distributed as distm
+from .. import runtime
+from ..config import Config, swa_start_epoch
+from ..data import Dataset
+from ..data.loader import Augment, DeviceLoader
+from ..data.split import stratified_subset, train_val_split
+from ..models import build_model, count_parameters
+from ..schedule import LRSchedule
+from .evaluate import Evaluator
+from .step import StepSetup
+
+
+@dataclass
+class Splits:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor | None
+    val_y: torch.Tensor | None
+    test_x: torch.Tensor | None
+    test_y: torch.Tensor | None
+    val_idx: torch.Tensor
+
+
+def make_splits(cfg: Config, data: Dataset, device: torch.device) -> Splits:
+    """Validation carved from train (stratified, seeded); optional stratified train subset."""
+    train_idx, val_idx = train_val_split(data.train_y, cfg.val_size, cfg.seed)
+    if cfg.train_subset:
+        train_idx = stratified_subset(train_idx, data.train_y, cfg.train_subset, cfg.seed)
+
+    def on(t):
+        return None if t is None else t.to(device)
+
+    has_val = len(val_idx) > 0
+    return Splits(
+        train_x=on(data.train_x[train_idx]), train_y=on(data.train_y[train_idx]),
+        val_x=on(data.train_x[val_idx]) if has_val else None, val_y=on(data.train_y[val_idx]) if has_val else None,
+        test_x=on(data.test_x), test_y=on(data.test_y), val_idx=val_idx,
+    )
+
+
+def augment_from(cfg: Config) -> Augment:
+    return Augment(crop_padding=cfg.crop_padding, pad_mode=cfg.pad_mode, flip=cfg.flip, cutout=cfg.cutout)
+
+
+def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
+    if not cfg.no_bn_decay:
+        return [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
+    # BN weights/biases and all biases are 1-D: decaying them only fights the normalisation.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    # fused kernels on CUDA: one launch for all parameters instead of one per tensor.
+    extra = {"fused": True} if device.type == "cuda" else {}
+    groups = param_groups(model, cfg)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **extra)
+    return torch.optim.AdamW(groups, lr=cfg.lr, **extra)
+
+
+def make_model(cfg: Config, num_classes: int, device: torch.device, world: distm.World) -> torch.nn.Module:
+    model = build_model(cfg.model, num_classes, cfg.width, cfg.zero_init_residual)
+    if cfg.sync_bn and world.distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    return model.to(device, memory_format=fmt)
+
+
+def wrap_for_training(model: torch.nn.Module, cfg: Config, device: torch.device, world: distm.World,
+                      warn=None) -> torch.nn.Module:
+    """DDP (under torchrun), then torch.compile with its eager fallback."""
+    if world.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return runtime.maybe_compile(model, cfg.compile, device, warn=warn)
+
+
+@dataclass
+class Parts:
+    """Everything a run trains with. `step` is what `engine.step.train_step` takes."""
+
+    device: torch.device
+    amp: str
+    splits: Splits
+    loader: DeviceLoader
+    model: torch.nn.Module                  # the raw model (checkpoints, evaluation)
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+    step: StepSetup
+    evaluator: Evaluator
+    swa: AveragedModel | None
+    swa_start: int | None
+    ema: AveragedModel | None
+    params: int
+
+
+def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.World | None = None,
+                warn=None) -> Parts:
+    """The run's parts on `device`. The DDP/compile wrapper goes on last (`wrap` in the result's step)."""
+    world = world or distm.World()
+    amp = runtime.resolve_amp(cfg.amp, device)
+    splits = make_splits(cfg, data, device)
+    loader = DeviceLoader(splits.train_x, splits.train_y, batch_size=cfg.batch_size, mean=data.mean, std=data.std,
+                          seed=cfg.seed, augment=augment_from(cfg), channels_last=cfg.channels_last,
+                          rank=world.rank, world_size=world.size)
+    distm.validate_last_batch(loader.num_images, cfg.batch_size, cfg.accum_steps, world)
+    model = make_model(cfg, data.num_classes, device, world)
+    optimizer = make_optimizer(model, cfg, device)
+    scaler = runtime.grad_scaler(device, amp)
+    amp_ctx = runtime.autocast(device, amp)
+    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+           if cfg.ema > 0 else None)
+    step = StepSetup(model=model, optimizer=optimizer, scaler=scaler, amp_ctx=amp_ctx,
+                     label_smoothing=cfg.label_smoothing, accum_steps=cfg.accum_steps, world=world, ema=ema,
+                     raw=model)
+    evaluator = Evaluator(tuple(data.mean), tuple(data.std), cfg.eval_batch_size, amp_ctx, cfg.channels_last,
+                          data.num_classes)
+    return Parts(device=device, amp=amp, splits=splits, loader=loader, model=model, optimizer=optimizer,
+                 schedule=LRSchedule(cfg, len(loader)), scaler=scaler, step=step, evaluator=evaluator,
+                 swa=AveragedModel(model) if cfg.swa else None, swa_start=swa_start_epoch(cfg) if cfg.swa else None,
+                 ema=ema, params=count_parameters(model))

@@ -1,0 +1,219 @@
+"""What a training run is for a user: the run directory (claimed, replaced, marked for torchrun
+restarts), the seed fan-out, the --resume and torchrun-restart rules, the report, the seeds' summary.
+
+`train()` is what `resnet-cifar train` calls after parsing, so a Python user gets the same behaviour:
+
+    from resnet_cifar.config import resolve
+    from resnet_cifar.run import train
+    outcome = train(resolve(flag_values={"model": "resnet20", "epochs": 30, "out": "runs/r20"}))
+    outcome.runs[0].results["test_acc"]
+
+Under torchrun every rank calls it; decisions about files are made on rank 0 and shared.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from . import data as data_mod
+from . import distributed, engine, runtime
+from .config import Config, from_dict
+from .errors import UsageError
+from .progress import Silent
+
+
+@dataclass
+class Planned:
+    cfg: Config
+    run_dir: Path
+    state: dict | None = None       # what it continues from (--resume, a torchrun restart); None: a fresh start
+    results: dict | None = None     # filled in by train()
+
+
+@dataclass
+class Plan:
+    out: Path                       # --out (the parent of seed-N under --seeds), or the resumed run
+    runs: list[Planned] = field(default_factory=list)
+    resume: bool = False            # continuing an earlier run (--resume)
+    restarting: bool = False        # a torchrun restart of the job that created `out`
+    overwrite: bool = False         # replace `out` (checked by claim_run_dir)
+    summary: dict | None = None     # --seeds: mean and std over the runs (filled in by train())
+
+
+# --------------------------------------------------------------------------------- the rules
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers like 0,1,2, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UsageError(f"--seeds must list distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def default_out(cfg: Config) -> str:
+    return cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}-{cfg.dataset}"
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """May a new run write into `out`? Empty or missing: yes; a run directory: only with --overwrite."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file; choose a directory path")
+    if out.is_dir() and any(p.name != distributed.RESTART_MARKER for p in out.iterdir()):
+        if not overwrite:
+            raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace it, "
+                             f"--resume {out} to continue it, or choose another --out")
+        if not ((out / "config.yaml").is_file() or (out / "summary.json").is_file()):
+            raise UsageError(f"--overwrite refuses to delete {str(out)!r}: it is not a resnet-cifar run directory")
+
+
+def claim_run_dir(out: Path, overwrite: bool) -> bool:
+    """Rank 0's verdict on a new run's directory: True for a torchrun restart of the job that created
+    it (continue there), False for a directory this run may (re)create; a UsageError otherwise.
+
+    The one place that decides who may write into a run directory; nothing is written here.
+    """
+    if distributed.is_restart_of(out):
+        return True
+    check_out(out, overwrite)
+    return False
+
+
+def take_run_dir(plan: Plan) -> None:
+    """Rank 0, once the data is loaded: replace the directory under --overwrite, and mark it as this
+    torchrun job's so that a restart may resume there."""
+    if plan.resume:
+        return
+    if plan.overwrite and plan.out.exists() and not plan.restarting:
+        shutil.rmtree(plan.out)
+    distributed.mark_run_dir(plan.out)
+
+
+def restart_state(run_dir: Path, cfg: Config) -> dict | None:
+    """Under a torchrun restart: the run's checkpoints/last.pt (None when it has none yet)."""
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        return None
+    state = engine.load_resume_state(run_dir)
+    if state.get("config") != cfg.to_dict():
+        raise UsageError(f"torchrun restart: {str(run_dir)!r} holds a run with another config; "
+                         "not resuming it (choose another --out)")
+    return state
+
+
+# --------------------------------------------------------------------------------- the plan
+def plan_resume(run_dir: str | Path, *, device: str | None = None, world=None) -> Plan:
+    """Continue the run in run_dir with its saved config (only the device may change)."""
+    world = world or distributed.World()
+    state = distributed.on_main(lambda: engine.load_resume_state(run_dir), world)
+    saved = dict(state["config"])
+    if device:
+        saved["device"] = device
+    out = Path(run_dir)
+    return Plan(out=out, runs=[Planned(from_dict(saved), out, state)], resume=True)
+
+
+def plan_new(cfg: Config, *, seeds: list[int] | None = None, overwrite: bool = False, world=None,
+             log: Callable[[str], None] = lambda m: None) -> Plan:
+    """A new run (or one per seed under out/seed-N), or a torchrun restart's continuation of one."""
+    world = world or distributed.World()
+    out = Path(distributed.on_main(lambda: default_out(cfg), world))
+    restarting = distributed.on_main(lambda: claim_run_dir(out, overwrite), world)
+    if seeds:
+        runs = [Planned(replace(cfg, seed=s, out=str(out / f"seed-{s}")), out / f"seed-{s}") for s in seeds]
+    else:
+        runs = [Planned(cfg, out)]
+    if restarting:  # torchrun --max-restarts brought us back: continue from the last checkpoints
+        for r in runs:
+            r.state = distributed.on_main(lambda r=r: restart_state(r.run_dir, r.cfg), world)
+            log(f"torchrun restart {distributed.restart_count()}: " + (
+                f"resuming {r.run_dir} from epoch {r.state['epoch']} batch {r.state['batch']} (checkpoints/last.pt)"
+                if r.state else f"no checkpoint in {r.run_dir} yet; starting it again"))
+    elif distributed.max_restarts() > 0 and not cfg.out:
+        log("warning: torchrun --max-restarts without --out: the default run directory is named "
+            "after the start time, so a restart cannot find it; pass --out to resume on restarts")
+    return Plan(out=out, runs=runs, restarting=restarting, overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------------- the runs
+def train(cfg: Config | None = None, *, resume: str | Path | None = None, device: str | None = None,
+          seeds: list[int] | None = None, overwrite: bool = False, world=None, progress=None,
+          on_result: Callable[[dict, Path], None] | None = None) -> Plan:
+    """Train `cfg` (one run per seed with seeds), or continue the run in `resume`; returns the plan with
+    every run's results (and the seeds' summary). on_result(results, run_dir): after each run, rank 0."""
+    world = world or distributed.world_from_env()
+    progress = progress or Silent()
+    with distributed.process_group(world):  # first: every decision below is made once, on rank 0, and shared
+        if resume is not None:
+            plan = plan_resume(resume, device=device, world=world)
+        else:
+            plan = plan_new(cfg, seeds=seeds, overwrite=overwrite, world=world, log=progress.log)
+        first = plan.runs[0].cfg
+        runtime.configure_threads()
+        engine.setup(first, world)  # the device, flags and the world's refusals, before any data is loaded
+        data = _load_data(first, world, progress.log)
+        if world.is_main:
+            take_run_dir(plan)
+            progress.log(_describe(first, data, world, plan.out))
+        for r in plan.runs:
+            _train_one(r, data, world, progress, on_result)
+        if len(plan.runs) > 1 and world.is_main:
+            plan.summary = write_seed_summary(plan.out, [(r.cfg.seed, r.run_dir, r.results) for r in plan.runs])
+            if first.report:
+                build_report(plan.out, progress.log)
+    return plan
+
+
+def _train_one(r: Planned, data, world, progress, on_result) -> None:
+    r.results = engine.fit(r.cfg, data, r.run_dir, progress=progress, resume_state=r.state, world=world)
+    if world.is_main:
+        if on_result is not None:
+            on_result(r.results, r.run_dir)
+        if r.cfg.report:
+            build_report(r.run_dir, progress.log, data)
+
+
+def _load_data(cfg: Config, world, log):
+    return distributed.main_first(lambda: data_mod.load_dataset(
+        cfg.dataset, cfg.data_dir, download=cfg.download and cfg.dataset != "folder", log=log), world)
+
+
+def _describe(cfg: Config, data, world, out: Path) -> str:
+    n_train = cfg.train_subset or len(data.train_y) - cfg.val_size
+    return (f"{cfg.model} on {cfg.dataset}: {n_train} train / {cfg.val_size} val images, "
+            f"{cfg.epochs} epochs, global batch {cfg.batch_size} "
+            f"= {cfg.batch_size // cfg.accum_steps // max(world.size, 1)} per device x {world.size} "
+            f"device(s) x {cfg.accum_steps} accumulation step(s), preset {cfg.preset} -> {out}")
+
+
+def build_report(run_dir: Path, log: Callable[[str], None], data=None) -> None:
+    """RUN_DIR/report; a failure is a warning: the training result stands."""
+    try:
+        from .report import build_report as build
+    except ImportError:
+        return
+    try:
+        path = build(run_dir, images=data, log=log)  # the images in memory: no reload
+        log(f"report: {path}")
+    except Exception as e:  # noqa: BLE001 - the training result stands even if the report fails
+        log(f"warning: the report could not be built ({type(e).__name__}: {e}); "
+            f"retry with `resnet-cifar report {run_dir}`")
+
+
+def write_seed_summary(out: Path, all_results) -> dict:
+    """summary.json over (seed, run_dir, results): test accuracy (else best validation) mean and std."""
+    metric = "test_acc" if all(r["test_acc"] is not None for _, _, r in all_results) else "best_val_acc"
+    values = [r[metric] for _, _, r in all_results if r[metric] is not None]
+    summary = {
+        "metric": metric, "seeds": [s for s, _, _ in all_results],
+        "runs": [{"seed": s, "dir": d.name, "test_acc": r["test_acc"], "best_val_acc": r["best_val_acc"]}
+                 for s, d, r in all_results],
+        "mean": statistics.fmean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+    engine.write_json(out / "summary.json", summary)
+    return summary
