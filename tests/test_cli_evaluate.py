@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from conftest import TINY, write_png_folder
+from helpers import TINY, write_png_folder
 
 from resnet_cifar.cli import main
 from resnet_cifar.config import resolve

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import write_png_folder
+from helpers import write_png_folder
 
 from resnet_cifar.cli import main
 from resnet_cifar.data import detect_dataset

@@ -8,6 +8,7 @@ tensors; they are read at most every `refresh` seconds because each read is a CP
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -69,41 +70,59 @@ class Console(Silent):
         self._last = 0.0
         self._t0 = 0.0
         self._images = 0
+        self.gone = False           # the terminal went away (see _terminal)
+
+    @contextlib.contextmanager
+    def _terminal(self):
+        """Writes that may fail: after SIGHUP the terminal is gone (EIO), yet the run must reach its
+        checkpoint; from then on this console is silent."""
+        try:
+            yield
+        except OSError:
+            self.gone, self.bar, self.use_bar = True, None, False
 
     def log(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.write(message, file=self.stream)
-        else:
-            print(message, file=self.stream, flush=True)
+        if self.gone:
+            return
+        with self._terminal():
+            if self.bar is not None:
+                self.bar.write(message, file=self.stream)
+            else:
+                print(message, file=self.stream, flush=True)
 
     def record(self, message: str) -> None:
         """A line of the run's record (stdout): below the bar, which is redrawn after it."""
-        if self.bar is not None:
-            self.bar.clear()
-        print(message, file=self.out, flush=True)
-        if self.bar is not None:
-            self.bar.refresh()
+        if self.gone:
+            return
+        with self._terminal():
+            if self.bar is not None:
+                self.bar.clear()
+            print(message, file=self.out, flush=True)
+            if self.bar is not None:
+                self.bar.refresh()
 
     def epoch_start(self, epoch, epochs, steps, start=0):
         self._t0, self._images, self._last = time.perf_counter(), 0, 0.0
         if self.use_bar:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch}/{epochs}", file=self.stream,
-                            leave=False, dynamic_ncols=True, unit="step")
+            with self._terminal():
+                self.bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch}/{epochs}", file=self.stream,
+                                leave=False, dynamic_ncols=True, unit="step")
 
     def step(self, images, sums):
         self._images += images
         if self.bar is None:
             return
-        self.bar.update(1)
-        now = time.perf_counter()
-        if now - self._last >= self.refresh:
-            self._last = now
-            loss_sum, correct, count = (float(v) for v in sums)  # sync point, rate-limited
-            rate = self._images / max(now - self._t0, 1e-9)
-            self.bar.set_postfix_str(f"loss {loss_sum / max(count, 1):.3f} acc {correct / max(count, 1):.3f} "
-                                     f"{rate:.0f} img/s{self.eta_note}", refresh=False)
+        with self._terminal():
+            self.bar.update(1)
+            now = time.perf_counter()
+            if now - self._last >= self.refresh:
+                self._last = now
+                loss_sum, correct, count = (float(v) for v in sums)  # sync point, rate-limited
+                rate = self._images / max(now - self._t0, 1e-9)
+                self.bar.set_postfix_str(f"loss {loss_sum / max(count, 1):.3f} acc {correct / max(count, 1):.3f} "
+                                         f"{rate:.0f} img/s{self.eta_note}", refresh=False)
 
     def estimate(self, seconds_total, epochs):
         self.eta_note = f" | est. total {_fmt_time(seconds_total)}"
@@ -111,17 +130,17 @@ class Console(Silent):
                  "(from the first steps; stop with Ctrl-C, a checkpoint is written and --resume continues)")
 
     def epoch_end(self, row):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self.close()
         self.eta_note = ""
         val = (f" val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}" if row.get("val_acc") is not None else "")
         ema = f" ema {row['ema_val_acc']:.4f}" if row.get("ema_val_acc") is not None else ""
         self.record(f"epoch {row['epoch']}: lr {row['lr']:.4g} train loss {row['train_loss']:.4f} "
-                 f"acc {row['train_acc']:.4f}{val}{ema} | {row['epoch_seconds']:.1f}s "
-                 f"{row['images_per_s']:.0f} img/s")
+                    f"acc {row['train_acc']:.4f}{val}{ema} | {row['epoch_seconds']:.1f}s "
+                    f"{row['images_per_s']:.0f} img/s")
 
     def close(self):
+        """Clear the bar (leave=False): what is printed next starts on a clean line."""
         if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+            bar, self.bar = self.bar, None
+            with self._terminal():
+                bar.close()

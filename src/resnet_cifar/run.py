@@ -23,8 +23,10 @@ from typing import Callable
 from . import data as data_mod
 from . import distributed, engine, runtime
 from .config import Config, from_dict
+from .data.split import check_split_sizes
 from .errors import UsageError
-from .progress import Silent
+from .progress import Silent, plural
+from .schedule import plan as schedule_plan
 
 
 @dataclass
@@ -121,6 +123,8 @@ def plan_new(cfg: Config, *, seeds: list[int] | None = None, overwrite: bool = F
              log: Callable[[str], None] = lambda m: None) -> Plan:
     """A new run (or one per seed under out/seed-N), or a torchrun restart's continuation of one."""
     world = world or distributed.World()
+    # The run records where its data is as an absolute path: `evaluate RUN` works from any directory.
+    cfg = replace(cfg, data_dir=str(Path(cfg.data_dir).expanduser().absolute()))
     out = Path(distributed.on_main(lambda: default_out(cfg), world))
     restarting = distributed.on_main(lambda: claim_run_dir(out, overwrite), world)
     if seeds:
@@ -156,16 +160,46 @@ def train(cfg: Config | None = None, *, resume: str | Path | None = None, device
         runtime.configure_threads()
         engine.setup(first, world)  # the device, flags and the world's refusals, before any data is loaded
         data = _load_data(first, world, progress.log)
+        n_train = check_split_sizes(len(data.train_y), first.val_size, first.train_subset)  # before anything is printed
         if world.is_main:
             take_run_dir(plan)
-            progress.log(_describe(first, data, world, plan.out))
-        for r in plan.runs:
-            _train_one(r, data, world, progress, on_result)
+            _announce(plan, n_train, world, progress)
+        try:
+            for r in plan.runs:
+                _train_one(r, data, world, progress, on_result)
+        finally:
+            progress.close()  # a stop mid-epoch: the bar is cleared, so the stop message starts its own line
         if len(plan.runs) > 1 and world.is_main:
             plan.summary = write_seed_summary(plan.out, [(r.cfg.seed, r.run_dir, r.results) for r in plan.runs])
             if first.report:
                 build_report(plan.out, progress.log)
     return plan
+
+
+def _announce(plan: Plan, n_train: int, world, progress) -> None:
+    """The run's header and where a resume continues (stdout: the run's record), then what the schedule
+    changed for a short run (stderr: notes)."""
+    first = plan.runs[0]
+    progress.record(_describe(first.cfg, n_train, world, plan.out))
+    resuming = _resuming(first) if plan.resume else None
+    if resuming:
+        progress.record(resuming)
+    for note in schedule_plan(first.cfg).notes:
+        progress.log(note)
+
+
+def _resuming(r: Planned) -> str | None:
+    """`resuming RUN at epoch E, batch B (...)`; None for a damaged checkpoint (the trainer names its fault)."""
+    try:
+        st = r.state
+        epoch, batch, step = int(st["epoch"]), int(st["batch"]), int(st["step"])
+        seconds = float(st["elapsed"]) + float(st["partial"]["seconds"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if epoch >= r.cfg.epochs:
+        return f"resuming {r.run_dir}: all {plural(r.cfg.epochs, 'epoch')} are trained; finishing the run"
+    return (f"resuming {r.run_dir} at epoch {epoch + 1}, batch {batch + 1} "
+            f"(after step {step}, {seconds:.0f}s trained so far)")
 
 
 def _train_one(r: Planned, data, world, progress, on_result) -> None:
@@ -182,10 +216,9 @@ def _load_data(cfg: Config, world, log):
         cfg.dataset, cfg.data_dir, download=cfg.download and cfg.dataset != "folder", log=log), world)
 
 
-def _describe(cfg: Config, data, world, out: Path) -> str:
-    n_train = cfg.train_subset or len(data.train_y) - cfg.val_size
+def _describe(cfg: Config, n_train: int, world, out: Path) -> str:
     return (f"{cfg.model} on {cfg.dataset}: {n_train} train / {cfg.val_size} val images, "
-            f"{cfg.epochs} epochs, global batch {cfg.batch_size} "
+            f"{plural(cfg.epochs, 'epoch')}, global batch {cfg.batch_size} "
             f"= {cfg.batch_size // cfg.accum_steps // max(world.size, 1)} per device x {world.size} "
             f"device(s) x {cfg.accum_steps} accumulation step(s), preset {cfg.preset} -> {out}")
 
@@ -197,8 +230,7 @@ def build_report(run_dir: Path, log: Callable[[str], None], data=None) -> None:
     except ImportError:
         return
     try:
-        path = build(run_dir, images=data, log=log)  # the images in memory: no reload
-        log(f"report: {path}")
+        build(run_dir, images=data, log=log)  # the images in memory: no reload; it names its index.html
     except Exception as e:  # noqa: BLE001 - the training result stands even if the report fails
         log(f"warning: the report could not be built ({type(e).__name__}: {e}); "
             f"retry with `resnet-cifar report {run_dir}`")

@@ -11,12 +11,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .. import distributed as distm
 from .. import runtime
-from ..config import Config, swa_start_epoch
+from ..config import Config
 from ..data import Dataset
 from ..data.loader import Augment, DeviceLoader
 from ..data.split import stratified_subset, train_val_split
 from ..models import build_model, count_parameters
-from ..schedule import LRSchedule
+from ..schedule import LRSchedule, plan
 from .evaluate import Evaluator
 from .step import StepSetup
 
@@ -128,9 +128,10 @@ def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.W
     step = StepSetup(model=model, optimizer=optimizer, scaler=scaler, amp_ctx=amp_ctx,
                      label_smoothing=cfg.label_smoothing, accum_steps=cfg.accum_steps, world=world, ema=ema,
                      raw=model)
+    swa_start = plan(cfg).swa_start   # None for a run too short for SWA (schedule.plan says why)
     evaluator = Evaluator(tuple(data.mean), tuple(data.std), cfg.eval_batch_size, amp_ctx, cfg.channels_last,
                           data.num_classes)
     return Parts(device=device, amp=amp, splits=splits, loader=loader, model=model, optimizer=optimizer,
                  schedule=LRSchedule(cfg, len(loader)), scaler=scaler, step=step, evaluator=evaluator,
-                 swa=AveragedModel(model) if cfg.swa else None, swa_start=swa_start_epoch(cfg) if cfg.swa else None,
+                 swa=AveragedModel(model) if swa_start is not None else None, swa_start=swa_start,
                  ema=ema, params=count_parameters(model))

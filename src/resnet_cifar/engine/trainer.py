@@ -25,7 +25,7 @@ from . import results as out
 from . import step as step_mod
 from .best import BestWeights
 from .parts import build_parts, wrap_for_training
-from .signals import StopFlag
+from .signals import StopFlag, signal_name
 from .state import RunState, validate_resume
 from .sums import Sums
 
@@ -195,18 +195,20 @@ class Trainer:
                 "epoch_seconds": seconds, "images_per_s": count / max(seconds, 1e-9)}
 
     def _interrupted(self, stop: StopFlag, where: str) -> Interrupted:
-        return Interrupted(stop.signum or signal.SIGTERM, f"stopped by signal {stop.signum} {where}; checkpoint "
-                           f"written to {self.ckpt_dir / 'last.pt'}; continue with --resume {self.run_dir}")
+        signum = stop.signum or signal.SIGTERM
+        return Interrupted(signum, f"stopped by {signal_name(signum)} {where}: checkpoint written to "
+                           f"{self.ckpt_dir / 'last.pt'}; resume with `resnet-cifar train --resume {self.run_dir}`")
 
     def run(self) -> dict:
         scalars = out.Scalars(self.run_dir, enabled=self.world.is_main)
         with StopFlag() as stop:
             for epoch in range(self.state.epoch + 1, self.cfg.epochs + 1):
-                t_epoch = time.perf_counter()
+                # training + validation, across resumes: a resumed epoch's seconds before its checkpoint count too
+                t_epoch, before = time.perf_counter(), self.state.partial["seconds"]
                 row = {"epoch": epoch, **self.train_epoch(epoch, stop), "lr": self.last_lr}
                 self._validate_epoch(epoch, row)
                 self.state.end_epoch(epoch)
-                self.state.elapsed += time.perf_counter() - t_epoch   # training + validation, across resumes
+                self.state.elapsed += before + time.perf_counter() - t_epoch
                 row["elapsed_seconds"] = self.state.elapsed
                 self.best.epoch_end(epoch, row, {"raw": self.model,
                                                  "ema": self.ema.module if self.ema is not None else None})
