@@ -119,12 +119,20 @@ def plan_resume(run_dir: str | Path, *, device: str | None = None, world=None) -
     return Plan(out=out, runs=[Planned(from_dict(saved), out, state)], resume=True)
 
 
+def _absolute(path: str) -> str:
+    """`path` made absolute (against the working directory, ~ expanded); as given when ~user is unknown."""
+    try:
+        return str(Path(path).expanduser().absolute())
+    except RuntimeError:
+        return str(Path(path).absolute())
+
+
 def plan_new(cfg: Config, *, seeds: list[int] | None = None, overwrite: bool = False, world=None,
              log: Callable[[str], None] = lambda m: None) -> Plan:
     """A new run (or one per seed under out/seed-N), or a torchrun restart's continuation of one."""
     world = world or distributed.World()
     # The run records where its data is as an absolute path: `evaluate RUN` works from any directory.
-    cfg = replace(cfg, data_dir=str(Path(cfg.data_dir).expanduser().absolute()))
+    cfg = replace(cfg, data_dir=_absolute(cfg.data_dir))
     out = Path(distributed.on_main(lambda: default_out(cfg), world))
     restarting = distributed.on_main(lambda: claim_run_dir(out, overwrite), world)
     if seeds:

@@ -68,18 +68,17 @@ def run(args) -> int:
 
 
 def _recognise_dataset(flags: dict, file_values: dict) -> None:
-    """No --dataset (flag or config file): the data dir's layout decides (an image folder is not CIFAR)."""
+    """No --dataset (flag or config file): the data dir's layout decides, so an image folder is read as
+    one instead of getting CIFAR download advice. The header's `MODEL on DATASET` shows the choice."""
     from ..config import Config
     from ..data import detect_dataset
-    from .common import stderr_log
 
     if "dataset" in flags or "dataset" in file_values:
         return
     data_dir = flags.get("data_dir") or file_values.get("data_dir") or Config.data_dir
-    found = detect_dataset(data_dir)
-    if found and found != Config.dataset:
+    found = detect_dataset(data_dir) if isinstance(data_dir, str) else None  # a bad value: resolve names it
+    if found:
         flags["dataset"] = found
-        stderr_log(f"--dataset {found} (recognised from the layout of {data_dir})")
 
 
 def _print_config(cfg) -> int:

@@ -66,15 +66,15 @@ def detect_dataset(data_dir) -> str | None:
     """
     from ..constants import CIFAR_SOURCES
 
-    root = Path(data_dir).expanduser()
-    for name, src in CIFAR_SOURCES.items():
-        if ((root / src["folder"]).is_dir() or (root / src["filename"]).is_file()
-                or (root / src["meta"][0]).is_file()):
-            return name
-    train = root / "train"
     try:
+        root = Path(data_dir).expanduser()
+        for name, src in CIFAR_SOURCES.items():
+            if ((root / src["folder"]).is_dir() or (root / src["filename"]).is_file()
+                    or (root / src["meta"][0]).is_file()):
+                return name
+        train = root / "train"
         if train.is_dir() and any(e.is_dir() and not e.name.startswith(".") for e in train.iterdir()):
             return "folder"
-    except OSError:  # unreadable: let the loader name the problem
+    except (OSError, ValueError, RuntimeError):  # unreadable, a NUL byte, no home for ~: the loader names it
         return None
     return None
