@@ -34,7 +34,9 @@ def test_one_epoch_of_the_tutorial_preset_trains_at_the_given_lr_not_at_swa_lr(f
     cap = capsys.readouterr()
     assert "SWA off: a 1-epoch run" in cap.err and "--lr 0.05" in cap.err
     assert [float(r["lr"]) for r in _metrics(run)] == [0.05]            # plateau at --lr, not swa_lr 0.01
-    assert json.loads((run / "results.json").read_text())["selected"] != "swa"
+    results = json.loads((run / "results.json").read_text())
+    assert results["selected"] != "swa" and results["swa_start_epoch"] is None
+    assert results["schedule_notes"][0].startswith("SWA off: a 1-epoch run")
     assert "1 epoch," in cap.out and "1 epochs" not in cap.out + cap.err
 
 
@@ -52,7 +54,7 @@ def test_fast_preset_with_one_epoch_clips_its_warm_up(folder, tmp_path, capsys):
                  "--epochs", "1", "--out", str(run), "--no-report", "--no-tta"]) == 0
     cap = capsys.readouterr()
     assert "warm-up shortened from 2 to 0.25 epochs, a quarter of this 1-epoch run" in cap.err
-    assert (run / "results.json").is_file()
+    assert json.loads((run / "results.json").read_text())["warmup_epochs"] == 0.25
 
 
 def test_too_few_images_for_the_val_size_fail_before_the_header_and_keep_the_old_run(folder, tmp_path, capsys):

@@ -105,6 +105,8 @@ class Parts:
     evaluator: Evaluator
     swa: AveragedModel | None
     swa_start: int | None
+    warmup_epochs: float                    # schedule.plan's: the run's warm-up, clipped for a short run
+    schedule_notes: tuple[str, ...]         # what schedule.plan changed, one line each
     ema: AveragedModel | None
     params: int
 
@@ -128,10 +130,12 @@ def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.W
     step = StepSetup(model=model, optimizer=optimizer, scaler=scaler, amp_ctx=amp_ctx,
                      label_smoothing=cfg.label_smoothing, accum_steps=cfg.accum_steps, world=world, ema=ema,
                      raw=model)
-    swa_start = plan(cfg).swa_start   # None for a run too short for SWA (schedule.plan says why)
+    planned = plan(cfg)
+    swa_start = planned.swa_start   # None for a run too short for SWA (planned.notes say why)
     evaluator = Evaluator(tuple(data.mean), tuple(data.std), cfg.eval_batch_size, amp_ctx, cfg.channels_last,
                           data.num_classes)
     return Parts(device=device, amp=amp, splits=splits, loader=loader, model=model, optimizer=optimizer,
                  schedule=LRSchedule(cfg, len(loader)), scaler=scaler, step=step, evaluator=evaluator,
                  swa=AveragedModel(model) if swa_start is not None else None, swa_start=swa_start,
-                 ema=ema, params=count_parameters(model))
+                 ema=ema, params=count_parameters(model), warmup_epochs=planned.warmup_epochs,
+                 schedule_notes=planned.notes)

@@ -277,6 +277,9 @@ class Trainer:
             "device": str(self.device), "device_name": runtime.device_name(self.device), "amp": self.amp,
             "torch_version": str(torch.__version__), "seed": cfg.seed, "world_size": self.world.size,
             "global_batch": cfg.batch_size, "accum_steps": st.accum_steps,
+            # the schedule as run (schedule.plan: a short run's warm-up and SWA phase, and why)
+            "warmup_epochs": self.parts.warmup_epochs, "swa_start_epoch": self.parts.swa_start,
+            "schedule_notes": list(self.parts.schedule_notes),
         }
 
     def _best_model(self) -> torch.nn.Module:
