@@ -85,3 +85,45 @@ def test_resume_of_a_finished_run_says_so(tmp_path, monkeypatch, capsys):
     out = io.StringIO()
     runs.train(resume=run, progress=Console(io.StringIO(), bar=False, out=out))
     assert f"resuming {run}: all 1 epoch are trained; finishing the run" in out.getvalue()
+
+
+@pytest.mark.slow
+def test_closing_the_terminal_stops_with_a_checkpoint_and_exit_129(tmp_path):
+    """A real terminal hang-up: the CLI runs on a pseudo-terminal (bar and all), which is then closed.
+    SIGHUP arrives and every later write fails (EIO); the run still checkpoints and exits 129."""
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import struct
+    import termios
+    import time
+
+    from reliability_helpers import PY, subprocess_env, write_folder
+
+    data = write_folder(tmp_path / "data", n_per_class=20)
+    run = tmp_path / "run"
+    argv = [PY, "-m", "resnet_cifar", "train", "--dataset", "folder", "--data-dir", str(data), "--out", str(run),
+            "--model", "resnet20", "--width", "0.25", "--epochs", "50", "--batch-size", "4", "--val-size", "4",
+            "--device", "cpu", "--compile", "off", "--no-report", "--checkpoint-every", "1"]
+    env = {**subprocess_env(), "RESNET_CIFAR_NO_PROGRESS": ""}   # a live bar on the terminal
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI, with the pseudo-terminal as its controlling terminal
+        os.execve(PY, argv, env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    seen, t0 = b"", time.monotonic()
+    while not (run / "checkpoints" / "last.pt").exists() and time.monotonic() - t0 < 60:
+        try:
+            seen += os.read(fd, 4096)
+        except OSError:
+            break
+    os.close(fd)                                    # the terminal goes away
+    t0 = time.monotonic()
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() - t0 < 60:
+        time.sleep(0.1)
+    if done[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the run did not stop within 60 s of the hang-up")
+    status = done[1]
+    assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGHUP, seen[-2000:]
+    state = ckpt.load(run / "checkpoints" / "last.pt")
+    assert state["step"] >= 1 and not (run / "results.json").exists()
