@@ -103,3 +103,13 @@ def test_plateau_matches_torch_reduce_lr_on_plateau():
         ref.step(loss)
         assert math.isclose(ours.lr(0), opt.param_groups[0]["lr"])
     assert ours.lr(0) < 0.1
+
+
+def test_speedrun_preset_validates_and_its_triangle_schedule():
+    cfg = resolve(preset="speedrun")
+    assert cfg.scheduler == "triangle" and from_dict(cfg.to_dict()) == cfg
+    s = LRSchedule(cfg, steps_per_epoch=44)                       # 440 steps: peak at int(0.23 * 440) = 101
+    assert s.lr(0) == pytest.approx(0.2 * cfg.lr) and s.lr(101) == pytest.approx(cfg.lr)
+    assert s.lr(440) == pytest.approx(0.07 * cfg.lr) and s.lr(50) < s.lr(100) and s.lr(300) > s.lr(400)
+    with pytest.raises(UsageError, match="--bias-lr-scale"):
+        resolve(flag_values={"bias_lr_scale": 0.0}, preset="speedrun")

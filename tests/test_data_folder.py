@@ -89,21 +89,26 @@ def test_missing_train_folder_is_a_usage_error(tmp_path):
         load_dataset("folder", tmp_path / "x")
 
 
-def test_stray_files_are_errors_hidden_files_ignored(tmp_path, synthetic_images):
+def test_stray_files_are_skipped_with_one_warning_hidden_files_ignored(tmp_path, synthetic_images):
+    """Issue 14: a stray README.txt or Thumbs.db no longer aborts the load; it is skipped, and one
+    warning per split names what was skipped (hidden files are not even mentioned)."""
     root = tmp_path / "d"
     _make_folder(root, synthetic_images, test=False)
     (root / "train" / "cat" / ".DS_Store").write_bytes(b"\0\1junk")
     (root / "train" / ".hidden_dir").mkdir()
-    assert load_dataset("folder", root).num_classes == 3
-    notes = root / "train" / "dog" / "notes.txt"
-    notes.write_text("hello")
-    with pytest.raises(DataError) as e:
-        load_dataset("folder", root)
-    assert str(notes) in str(e.value)
-    notes.unlink()
+    lines = []
+    ref = load_dataset("folder", root, log=lines.append)
+    assert ref.num_classes == 3 and not [m for m in lines if m.startswith("warning: skipped")]
+    (root / "train" / "dog" / "notes.txt").write_text("hello")
+    (root / "train" / "cat" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
     (root / "train" / "README.md").write_text("x")
-    with pytest.raises(DataError, match="README.md is not inside a class folder"):
-        load_dataset("folder", root)
+    lines = []
+    ds = load_dataset("folder", root, log=lines.append)
+    warned = [m for m in lines if m.startswith("warning: skipped")]
+    assert len(warned) == 1, lines
+    assert "3 file(s)" in warned[0] and "dog/notes.txt" in warned[0] and "cat/Thumbs.db" in warned[0]
+    assert "README.md" in warned[0] and "\n" not in warned[0]
+    assert ds.classes == ref.classes and torch.equal(ds.train_x, ref.train_x)
 
 
 def test_empty_class_folder_is_named(tmp_path, synthetic_images):

@@ -13,6 +13,8 @@ EXPECTED_PARAMS = {
     "preact_resnet18": 11_172_170,
     "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018,
     "resnet110": 1_727_962,
+    # airbench94's layers (1,972,792 with its frozen whitening weights and BN scales; 1,971,352 trainable)
+    "speedrun_resnet": 1_972_792,
 }
 
 
@@ -36,8 +38,11 @@ def test_forward_shape_finite_and_gradients_reach_every_parameter(name):
     assert out.shape == (3, 7)
     assert torch.isfinite(out).all()
     out.logsumexp(1).sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # frozen parameters (speedrun_resnet's whitening weights and BN scales) are meant to get none
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert not missing, missing
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
 
 def test_resnet20_is_the_small_cifar_resnet():

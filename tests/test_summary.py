@@ -17,9 +17,12 @@ HEAVY = {"resnet50", "resnet101", "resnet152", "resnet110"}
 def test_total_matches_registry(name):
     width = 0.125 if name in HEAVY else 0.25
     s = summarize(name, num_classes=7, width=width)
-    expected = count_parameters(build_model(name, num_classes=7, width=width))
-    assert s["total_params"] == expected == s["trainable_params"]
-    assert s["non_trainable_params"] == 0
+    model = build_model(name, num_classes=7, width=width)
+    expected = count_parameters(model)
+    trainable = count_parameters(model, trainable_only=True)
+    assert s["total_params"] == expected and s["trainable_params"] == trainable
+    # only speedrun_resnet freezes parameters (its whitening weights and BN scales)
+    assert s["non_trainable_params"] == expected - trainable and (trainable == expected) == (name != "speedrun_resnet")
     # Per-layer own parameters add up to the total, and the root row's subtree is everything.
     assert sum(r["params"] for r in s["layers"]) == expected
     assert s["layers"][0]["total_params"] == expected and s["layers"][0]["depth"] == 0

@@ -12,9 +12,7 @@ flipped bit or a bad copy is refused instead of loading silently wrong weights.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -23,63 +21,11 @@ from typing import Any
 
 import torch
 
+from . import bounds
 from .errors import CheckpointError, UsageError, first_line
+from .fsutil import atomic_write, remove_leftover_temps  # noqa: F401 - the engine saves through these
 
 FORMAT = "resnet-cifar/1"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems/platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call `write(fileobj)` on a temp file beside `path`, then atomically move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates 0600; give the file the permissions a plain open() would (umask applied).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def remove_leftover_temps(directory: str | Path) -> list[Path]:
-    """Delete the temp files of saves that were killed mid-write (kill -9, power loss).
-
-    `atomic_write` names them `.NAME.XXXXXXXX.tmp` beside NAME; a run directory has one writer,
-    so any that exist when a run (re)starts are leftovers. Returns what was removed.
-    """
-    removed = []
-    for p in sorted(Path(directory).glob(".*.tmp")):
-        if p.is_file() and not p.is_symlink():
-            try:
-                p.unlink()
-                removed.append(p)
-            except FileNotFoundError:
-                pass
-    return removed
 
 
 class _Writer:
@@ -118,40 +64,45 @@ def save(state: dict[str, Any], path: str | Path) -> None:
                               "the previous checkpoint is intact (free disk space or choose another --out)") from None
 
 
+def _corrupt(p: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {str(p)!r} is corrupt ({why}: a flipped bit or an incomplete copy); "
+                           "use another checkpoint (e.g. checkpoints/best.pt or an earlier copy)")
+
+
 def _verify_zip(p: Path) -> None:
-    """Read every member of a zip checkpoint so zipfile checks its CRC-32; raise on any damage."""
+    """Read every member of a zip checkpoint so zipfile checks its CRC-32; raise on any damage.
+
+    A member whose CRC field is 0 is checked too (its data must then hash to 0): a zeroed field
+    is exactly what a damaged or doctored central directory looks like, so it buys no exemption.
+    """
     if not zipfile.is_zipfile(p):
         return  # not a zip at all: torch.load refuses it below with its own message
+    zero_crc = False
     try:
         with zipfile.ZipFile(p) as zf:
             for info in zf.infolist():
-                if info.CRC == 0 and info.file_size:
-                    continue  # written without CRCs (torch.serialization.set_crc32_options(False))
+                zero_crc = info.CRC == 0 and info.file_size > 0
                 with zf.open(info) as f:
-                    while f.read(1 << 22):
-                        pass
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError, OSError) as e:
-        raise CheckpointError(f"checkpoint {str(p)!r} is corrupt ({first_line(e, 160, type(e).__name__)}: a flipped bit or an incomplete "
-                              "copy); use another checkpoint (e.g. checkpoints/best.pt or an earlier copy)") from None
+                    crc = 0
+                    while chunk := f.read(1 << 22):
+                        crc = zlib.crc32(chunk, crc)
+                if crc != info.CRC:   # zipfile checks this too; kept explicit so no member is exempt
+                    raise zipfile.BadZipFile(f"bad CRC-32 for {info.filename[:80]!r}")
+    except zipfile.BadZipFile as e:
+        if zero_crc and "CRC" in str(e):
+            raise CheckpointError(f"checkpoint {str(p)!r} has members without a CRC-32 (field 0), so it cannot "
+                                  "be verified: it is damaged, or was saved with torch.serialization."
+                                  "set_crc32_options(False); re-save it with torch.save's defaults") from None
+        raise _corrupt(p, first_line(e, 160, type(e).__name__)) from None
+    except (zlib.error, EOFError, ValueError, NotImplementedError, OSError) as e:
+        raise _corrupt(p, first_line(e, 160, type(e).__name__)) from None
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Safely load a checkpoint file written by `save`; every failure is one CheckpointError line."""
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"checkpoint {str(p)!r} does not exist; pass a .pt file or a run directory")
-    if p.is_dir():
-        candidate = p / "checkpoints" / "best.pt"
-        if not candidate.is_file():
-            raise UsageError(f"{str(p)!r} is a directory without checkpoints/best.pt; pass a checkpoint file")
-        p = candidate
-    if p.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {str(p)!r} is empty (an interrupted copy?); use another checkpoint")
-    _verify_zip(p)
+def _torch_load(p: Path, map_location) -> Any:
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
-            state = torch.load(p, map_location=map_location, weights_only=True)
+            return torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         first = first_line(e, 160, "unsupported content")
         if "weights_only" in str(e) or "Unsupported global" in str(e) or "Unsupported operand" in str(e):
@@ -160,11 +111,40 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
                                   "to have been written by resnet-cifar") from None
         raise CheckpointError(f"checkpoint {str(p)!r} is corrupt ({first})") from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError, IndexError,
-            TypeError, AttributeError) as e:
+            TypeError, AttributeError, RecursionError, MemoryError) as e:
         raise CheckpointError(f"checkpoint {str(p)!r} is truncated or corrupt ({first_line(e, 160, type(e).__name__)}); "
                               "use another checkpoint (e.g. checkpoints/best.pt or an earlier copy)") from None
+
+
+def _metadata_problem(state: dict) -> str | None:
+    """Why the checkpoint's metadata is unusable (types, sizes, ranges), or None. Runs before
+    anything is built or printed from it."""
+    args = state["model_args"]
+    problem = bounds.model_size_problem(args.get("name"), args.get("num_classes"), args.get("width", 1.0))
+    if problem:
+        return f"model_args: {problem}"
+    classes = state["classes"]
+    if len(classes) != args["num_classes"]:
+        return f"it names {len(classes)} classes for {args['num_classes']} outputs"
+    if not all(bounds.short_str(c) for c in classes):
+        return f"class names must be strings of 1 to {bounds.MAX_NAME_CHARS} characters"
+    for key in ("mean", "std"):
+        vals = state[key]
+        if len(vals) != 3 or not all(bounds.float_in(v, 0.0, 1e6, lo_open=key == "std") for v in vals):
+            return f"{key} must be 3 finite numbers{' above 0' if key == 'std' else ''}"
+    weights = state["model"]
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        return "its 'model' entry is not a dict of named tensors"
+    return None
+
+
+def _check_entries(p: Path, state: Any) -> None:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{str(p)!r} is not a resnet-cifar checkpoint (no '{FORMAT}' format tag)")
+    try:
+        bounds.check_plain(state, "the checkpoint")
+    except bounds.TooLarge as e:
+        raise CheckpointError(f"refusing checkpoint {str(p)!r}: {e}; it is damaged or not from resnet-cifar") from None
     for key, kind in (("model", dict), ("model_args", dict), ("classes", (list, tuple)), ("mean", (list, tuple)),
                       ("std", (list, tuple))):
         if key not in state:
@@ -172,27 +152,81 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         if not isinstance(state[key], kind):
             raise CheckpointError(f"checkpoint {str(p)!r} has a malformed {key!r} entry "
                                   f"({type(state[key]).__name__}); it is corrupt or from another tool")
+    problem = _metadata_problem(state)
+    if problem:
+        raise CheckpointError(f"refusing checkpoint {str(p)!r}: {problem}; it is damaged or not from resnet-cifar")
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Safely load a checkpoint file written by `save`; every failure is one CheckpointError line.
+
+    The returned state's metadata is checked: plain data of bounded size, model_args within
+    `bounds`, classes/mean/std that fit them; so callers may print and use it.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"checkpoint {str(p)!r} does not exist; pass a .pt file or a run directory")
+    if p.is_dir():
+        candidate = p / "checkpoints" / "best.pt"
+        if not candidate.is_file():
+            raise UsageError(f"{str(p)!r} is a directory without checkpoints/best.pt; pass a checkpoint file")
+        p = candidate
+    if not p.is_file():
+        raise UsageError(f"checkpoint {str(p)!r} is not a regular file; pass a .pt file or a run directory")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {str(p)!r} is empty (an interrupted copy?); use another checkpoint")
+    _verify_zip(p)
+    state = _torch_load(p, map_location)
+    _check_entries(p, state)
     state["path"] = str(p)
     return state
+
+
+def _shape_mismatch(expected: dict[str, torch.Size], stored: dict[str, torch.Tensor]) -> str | None:
+    """The first differences between the weights a model needs and those stored, or None."""
+    missing = [k for k in expected if k not in stored]
+    extra = [k for k in stored if k not in expected]
+    wrong = [f"{k} {tuple(stored[k].shape)} vs {tuple(v)}" for k, v in expected.items()
+             if k in stored and tuple(stored[k].shape) != tuple(v)]
+    parts = []
+    if wrong:
+        parts.append(f"{len(wrong)} weights have other shapes than the model args imply (first: {wrong[0][:120]})")
+    if missing:
+        parts.append(f"{len(missing)} weights missing (first: {missing[0][:80]})")
+    if extra:
+        parts.append(f"{len(extra)} unexpected weights (first: {extra[0][:80]})")
+    return "; ".join(parts) or None
 
 
 def build_from_checkpoint(state: dict[str, Any], device: str | torch.device = "cpu",
                           num_classes: int | None = None, channels_last: bool = False) -> torch.nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (eval mode); channels_last
-    matches the memory format the engine trains and evaluates in."""
+    matches the memory format the engine trains and evaluates in.
+
+    The model is first built on the meta device (no memory) and its weight shapes compared with
+    the stored ones, so arguments that do not match the weights are refused before allocating.
+    """
     from .models import build_model
 
     args = dict(state["model_args"])
+    where = state.get("path", "")
     if num_classes is not None and num_classes != args.get("num_classes"):
-        raise CheckpointError(f"checkpoint {state.get('path', '')!r} has {args.get('num_classes')} classes, "
+        raise CheckpointError(f"checkpoint {where!r} has {args.get('num_classes')} classes, "
                               f"but the data has {num_classes}; use a checkpoint trained on this dataset")
+    problem = bounds.model_size_problem(args.get("name"), args.get("num_classes"), args.get("width", 1.0))
     try:
-        model = build_model(args["name"], num_classes=int(args["num_classes"]), width=float(args.get("width", 1.0)))
+        if problem:
+            raise ValueError(problem)
+        kw = {"num_classes": int(args["num_classes"]), "width": float(args.get("width", 1.0))}
+        with torch.device("meta"):
+            expected = {k: v.shape for k, v in build_model(args["name"], **kw).state_dict().items()}
+        problem = _shape_mismatch(expected, state["model"])
+        if problem:
+            raise ValueError(problem)
+        model = build_model(args["name"], **kw)
         model.load_state_dict(state["model"])
-        if len(state["classes"]) != int(args["num_classes"]):
-            raise RuntimeError(f"it names {len(state['classes'])} classes for {args['num_classes']} outputs")
     except (RuntimeError, KeyError, TypeError, ValueError, UsageError) as e:
-        raise CheckpointError(f"checkpoint {state.get('path', '')!r} does not fit model "
-                              f"{args.get('name')!r}: {first_line(e, 200, type(e).__name__)}") from None
+        raise CheckpointError(f"checkpoint {where!r} does not fit model "
+                              f"{str(args.get('name'))[:64]!r}: {first_line(e, 200, type(e).__name__)}") from None
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return model.to(device, memory_format=fmt).eval()

@@ -15,15 +15,19 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import bounds
 from .constants import DATASETS
 from .errors import UsageError, first_line
 
+MAX_CONFIG_BYTES = 1 << 20   # a config file is a few KB; this bounds the parser's work
+
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULERS = ("plateau", "cosine", "onecycle", "multistep", "constant")
+SCHEDULERS = ("plateau", "cosine", "onecycle", "multistep", "constant", "triangle")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")    # the one list (runtime.pick_device, every --device flag)
 COMPILE_MODES = ("auto", "on", "off")
 PAD_MODES = ("reflect", "zeros")
+TTA_MODES = ("flip", "flip_translate")    # tta.py: 2 views (probabilities averaged) | airbench's 6 (logits)
 
 # Flag groups of `train --help`, in this order.
 GROUPS = ("data", "model", "optimisation", "averaging", "runtime", "run directory")
@@ -65,6 +69,8 @@ class Config:
                                ge=0, le=16)
     pad_mode: str = option("reflect", "data", "how the crop's padding is filled", choices=PAD_MODES)
     flip: bool = option(True, "data", "random horizontal flips")
+    alt_flip: bool = option(False, "data", "with --flip: alternating flips (each image mirrored in every other "
+                                           "epoch, from a random start), as airbench")
     cutout: int = option(0, "data", "side of a zeroed square per image (0 = off)", metavar="SIZE", ge=0, le=32)
     # --- model
     model: str = option("resnet18", "model", "architecture; `resnet-cifar models` lists them (params, MACs)",
@@ -72,6 +78,9 @@ class Config:
     width: float = option(1.0, "model", "channel multiplier (1.0 = reference; tiny models for tests)", ge=0, gt=0,
                           le=64, note=" (a channel multiplier: 1.0 = reference, 10 = very wide)")
     zero_init_residual: bool = option(False, "model", "start each residual block's last BN at zero")
+    whiten: bool = option(True, "model", "models with a whitening layer (speedrun_resnet): set it from the "
+                                         "training images' 2x2 patch covariance and freeze it (--no-whiten: "
+                                         "learn it from torch's default init)")
     # --- optimisation
     epochs: int = option(250, "optimisation", "training epochs", ge=1)
     batch_size: int = option(128, "optimisation", "GLOBAL batch per optimizer step = per-device batch x devices "
@@ -86,6 +95,10 @@ class Config:
                                                       "(--no-bn-decay: not on them)",
                                flag="bn-decay", negated=True, aliases=(("--no-no-bn-decay", False),))
     label_smoothing: float = option(0.1, "optimisation", "label smoothing of the training loss", ge=0, lt=1)
+    bias_lr_scale: float = option(1.0, "optimisation", "lr multiplier of the BN biases (their weight decay is "
+                                                       "divided by it: the same decay per step); speedrun: 64", gt=0)
+    whiten_bias_epochs: int = option(3, "optimisation", "epochs the whitening layer's bias learns before it "
+                                                        "is frozen (models with a whitening layer)", ge=0)
     scheduler: str = option("plateau", "optimisation", "learning-rate schedule", choices=SCHEDULERS)
     warmup_epochs: float = option(0.0, "optimisation", "linear warm-up from 0, in epochs (fractions allowed)", ge=0)
     plateau_factor: float = option(0.1, "optimisation", "plateau: multiply the lr by this when validation "
@@ -101,6 +114,8 @@ class Config:
     swa_lr: float = option(0.01, "averaging", "constant lr during SWA", ge=0)
     ema: float = option(0.0, "averaging", "EMA decay of the weights per step (e.g. 0.999; 0 = off)",
                         metavar="DECAY", ge=0)
+    lookahead: bool = option(False, "averaging", "airbench's lookahead: every 5 steps the weights move to a "
+                                                 "slow copy that follows them with a decay rising to 0.77")
     # --- runtime
     amp: str = option("auto", "runtime", "mixed precision (auto: bf16 on CUDA, fp16 + GradScaler where bf16 "
                                          "is missing, off on the CPU)", choices=AMP_MODES)
@@ -111,7 +126,10 @@ class Config:
     seed: int = option(0, "runtime", "seed of the split, the shuffling, augmentation and initialisation", ge=0)
     deterministic: bool = option(False, "runtime", "bitwise-reproducible kernels (slower on CUDA)")
     eval_batch_size: int = option(1024, "runtime", "batch size of evaluation", ge=1)
-    tta: bool = option(False, "runtime", "flip test-time augmentation for the final test evaluation")
+    tta: bool = option(False, "runtime", "test-time augmentation for the final test evaluation")
+    tta_mode: str = option("flip", "runtime", "views of --tta: flip (image + mirror) | flip_translate (+ two "
+                                              "1-px shifts of each: 6 views, airbench's weights)",
+                           choices=TTA_MODES)
     checkpoint_every: int = option(0, "runtime", "also checkpoint every N optimizer steps (0 = at epoch ends "
                                                  "only)", metavar="STEPS", ge=0)
     auto_batch: bool = option(False, "runtime", "on CUDA out-of-memory, halve the micro-batch and double "
@@ -145,10 +163,40 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
         warmup_epochs=2.0, label_smoothing=0.1, amp="auto", swa=False, ema=0.999, tta=True,
         zero_init_residual=True,
     ),
+    # airbench94's recipe (PyPI airbench 0.1.8) around speedrun_resnet, its hyperparameters converted to
+    # a batch-mean loss by optim.sgd_hyperparameters(1024): lr 11.5 / (1 + 1/0.15) = 1.5, weight decay
+    # 0.0153 / 11.5; BN biases at 64x lr; the triangle 0.2 -> 1 -> 0.07; lookahead; flip + shift TTA.
+    # 10 epochs of 45,000 images = 0.319 PFLOP. Not measured yet (benchmarks/README.md, rows S1-S17).
+    "speedrun": dict(
+        model="speedrun_resnet", width=1.0, whiten=True, zero_init_residual=False, epochs=10, batch_size=1024,
+        optimizer="sgd", lr=1.5, momentum=0.85, nesterov=True, weight_decay=0.0153 / 11.5, no_bn_decay=False,
+        bias_lr_scale=64.0, whiten_bias_epochs=3, label_smoothing=0.2, scheduler="triangle", warmup_epochs=0.0,
+        crop_padding=2, pad_mode="reflect", flip=True, alt_flip=True, cutout=0, swa=False, ema=0.0,
+        lookahead=True, amp="auto", compile="auto", channels_last=True, tta=True, tta_mode="flip_translate",
+    ),
 }
 
 FIELD_NAMES = tuple(f.name for f in fields(Config))
 PRESETS = tuple(PRESET_VALUES)
+
+
+def shown(value: Any) -> str:
+    """A bounded repr for error messages: a few items, a few levels, short strings (a value
+    from a file may be huge or reference itself)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
+    return r.repr(value)
+
+
+def check_plain(values: Any, where: str) -> None:
+    """UsageError unless `values` is small plain data (bounds.check_plain): runs before any value
+    is printed, compared or converted."""
+    try:
+        bounds.check_plain(values, where, tensors=False)
+    except bounds.TooLarge as e:
+        raise UsageError(f"{e}; a config holds plain keys and short values (no aliases that nest)") from None
 
 
 def _closest(name: str, options) -> str:
@@ -161,6 +209,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"config file {str(p)!r} not found; pass an existing YAML or JSON file to --config")
+    size = p.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UsageError(f"config file {str(p)!r} is {size:,} bytes; a config is a few KB (at most "
+                         f"{MAX_CONFIG_BYTES:,}): pass the right file")
     text = p.read_text(encoding="utf-8", errors="replace")
     try:
         if p.suffix.lower() == ".json":
@@ -175,6 +227,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {str(p)!r} must hold a mapping of keys to values, got {type(data).__name__}")
+    check_plain(data, f"config file {str(p)!r}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
@@ -192,7 +245,7 @@ def _parse_error(e: Exception) -> str:
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """Check one value against the type of its default; return it converted."""
     kind = type(default)
-    bad = UsageError(f"config value {name}={value!r} must be {kind.__name__}")
+    bad = UsageError(f"config value {name}={shown(value)} must be {kind.__name__}")
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -243,14 +296,15 @@ def resolve(file_values: dict[str, Any] | None = None, flag_values: dict[str, An
             preset: str | None = None) -> Config:
     """defaults < preset < config file < flags. Unknown keys are errors, not silently ignored."""
     file_values = dict(file_values or {})
+    check_plain(file_values, "the config")   # before anything below prints or converts a value
     flag_values = {k: v for k, v in (flag_values or {}).items() if v is not None}
     for source, values in (("config file", file_values), ("flag", flag_values)):
         for key in values:
             if key not in FIELD_NAMES:
-                raise UsageError(f"unknown {source} key {key!r}{_closest(key, FIELD_NAMES)}")
+                raise UsageError(f"unknown {source} key {shown(key)}{_closest(str(key)[:100], FIELD_NAMES)}")
     name = flag_values.get("preset") or preset or file_values.get("preset") or "tutorial"
-    if name not in PRESET_VALUES:
-        raise UsageError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    if not isinstance(name, str) or name not in PRESET_VALUES:
+        raise UsageError(f"unknown preset {shown(name)}; choose one of: {', '.join(PRESETS)}")
     merged: dict[str, Any] = {**PRESET_VALUES[name], **file_values, **flag_values, "preset": name}
     defaults = Config()
     values = {k: _coerce(k, v, getattr(defaults, k)) for k, v in merged.items()}
@@ -275,7 +329,7 @@ def validate(cfg: Config) -> None:
 
     def choice(name, options):
         v = getattr(cfg, name)
-        need(v in options, f"unknown {name.replace('_', '-')} {v!r}{_closest(str(v), options)}; "
+        need(v in options, f"unknown {name.replace('_', '-')} {shown(v)}{_closest(str(v)[:100], options)}; "
                            f"choose one of: {', '.join(options)}")
 
     choice("dataset", DATASETS)
@@ -330,4 +384,6 @@ def swa_start_epoch(cfg: Config) -> int:
 def dump_yaml(cfg: Config, path: Path) -> None:
     import yaml
 
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    from .fsutil import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False), what="config.yaml")

@@ -7,12 +7,15 @@ so a deployment can normalise the same way (they are also stored in the ONNX met
 After exporting, the file is loaded back (onnxruntime for ONNX, torch.jit.load for TorchScript),
 run on a batch of random normalised images of a batch size different from the one used for
 tracing, and compared with the PyTorch model. Only a file that passes is moved onto `out`
-(temp file + fsync + os.replace), so a failed export never leaves a file that looks good.
+(temp file + fsync + os.replace), so a failed export never leaves a file that looks good. An
+existing `out` is replaced only with `force`, and never when it is the checkpoint itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -20,6 +23,7 @@ from typing import Any
 
 import torch
 
+from . import fsutil
 from .errors import UsageError, WorkError, describe
 
 FORMATS = ("onnx", "torchscript")
@@ -118,48 +122,45 @@ def _run_torchscript(data: bytes, x: torch.Tensor) -> torch.Tensor:
             return loaded(x)
 
 
-def _write_atomic(out: Path, data: bytes) -> None:
-    from .checkpoint import atomic_write
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' chatter (warnings, INFO logs of torch.onnx/onnxscript) for the
+    duration of one export only; errors still propagate as exceptions."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
 
-    def write(f):
-        f.write(data)
-        # mkstemp makes the temp file 0600; give the export the usual permissions (0666 - umask).
-        if hasattr(os, "fchmod"):
-            mask = os.umask(0)
-            os.umask(mask)
-            os.fchmod(f.fileno(), 0o666 & ~mask)
 
-    try:
-        atomic_write(out, write)
-    except OSError as e:
-        raise WorkError(f"cannot write {out}: {e.strerror or e}; choose another --out") from None
-
-
-def export(checkpoint: str | Path, out: str | Path, fmt: str | None = None, *, check_batch: int = 5,
-           seed: int = 0, atol: float = ATOL, rtol: float = RTOL) -> dict[str, Any]:
-    """Export `checkpoint` to `out`; returns {"format", "out", "bytes", "max_abs_diff", "tolerance", ...}.
-
-    Raises UsageError for a bad format or a missing ONNX extra, WorkError when the export fails
-    or the reloaded model differs from PyTorch by more than atol + rtol * max|logit|.
-    """
-    import json
-
-    from .checkpoint import build_from_checkpoint, load
-    from .data.loader import normalize
-
-    out = Path(out)
-    fmt = infer_format(out, fmt)
-    if fmt == "onnx":
-        _require_onnx()
+def check_paths(checkpoint: str | Path, out: Path, fmt: str, force: bool) -> None:
+    """Refuse (UsageError) an --out that is a directory, the input itself, or an existing file
+    without `force`. Runs before the checkpoint is read, so nothing is touched on refusal."""
+    src = Path(checkpoint)
+    if src.is_dir():
+        src = src / "checkpoints" / "best.pt"
     if out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a directory; give a file name (e.g. model.{'onnx' if fmt == 'onnx' else 'ts'})")
-    state = load(checkpoint, map_location="cpu")
-    model = build_from_checkpoint(state, device="cpu")
-    meta = {"resnet_cifar.classes": json.dumps([str(c) for c in state["classes"]]),
-            "resnet_cifar.mean": json.dumps([float(v) for v in state["mean"]]),
-            "resnet_cifar.std": json.dumps([float(v) for v in state["std"]]),
-            "resnet_cifar.model_args": json.dumps(dict(state["model_args"])),
-            "resnet_cifar.input": "float32 (N, 3, 32, 32), RGB in [0, 1], normalised (x - mean) / std"}
+    if out.exists() or out.is_symlink():
+        try:
+            same = src.exists() and os.path.samefile(src, out)
+        except OSError:
+            same = False
+        if same or out.resolve() == src.resolve():
+            raise UsageError(f"--out {str(out)!r} is the checkpoint being exported; choose another file name")
+        if not force:
+            raise UsageError(f"--out {str(out)!r} already exists; pass --force to replace it, or choose another name")
+
+
+def _check_against_pytorch(model, state, fmt: str, check_batch: int, seed: int, meta: dict) -> dict[str, Any]:
+    """Export, reload, compare on random images; returns {"data", "exporter", "diff", "reference"}."""
+    from .data.loader import normalize
 
     g = torch.Generator().manual_seed(seed)
     example = normalize(torch.randint(0, 256, (2, 3, 32, 32), generator=g, dtype=torch.uint8),
@@ -169,34 +170,58 @@ def export(checkpoint: str | Path, out: str | Path, fmt: str | None = None, *, c
                       state["mean"], state["std"], channels_last=False)
     with torch.no_grad():
         reference = model(check)
-
-    exporter = None
     try:
-        if fmt == "onnx":
-            data, exporter = _export_onnx(model, example, meta)
-            got = _run_onnx(data, check)
-        else:
-            data = _export_torchscript(model, example, meta)
-            exporter = "torch.jit.trace"
-            got = _run_torchscript(data, check)
+        with _quiet():
+            if fmt == "onnx":
+                data, exporter = _export_onnx(model, example, meta)
+                got = _run_onnx(data, check)
+            else:
+                data, exporter = _export_torchscript(model, example, meta), "torch.jit.trace"
+                got = _run_torchscript(data, check)
     except (WorkError, UsageError):
         raise
     except Exception as e:  # noqa: BLE001 - export or reload failed: one line, no traceback
         raise WorkError(f"{fmt} export of {state['path']} failed ({describe(e, 300)})") from None
-
     if got.shape != reference.shape:
         raise WorkError(f"the exported {fmt} model returned shape {tuple(got.shape)}, PyTorch "
                         f"{tuple(reference.shape)}; nothing was written")
-    diff = float((got.float() - reference.float()).abs().max())
-    tolerance = atol + rtol * float(reference.abs().max())
-    if not diff <= tolerance:   # also catches NaN
-        raise WorkError(f"the exported {fmt} model differs from PyTorch by {diff:.3g} (tolerance "
+    return {"data": data, "exporter": exporter, "reference": reference,
+            "diff": float((got.float() - reference.float()).abs().max())}
+
+
+def export(checkpoint: str | Path, out: str | Path, fmt: str | None = None, *, check_batch: int = 5,
+           seed: int = 0, atol: float = ATOL, rtol: float = RTOL, force: bool = False) -> dict[str, Any]:
+    """Export `checkpoint` to `out`; returns {"format", "out", "bytes", "max_abs_diff", "tolerance", ...}.
+
+    Raises UsageError for a bad format, a missing ONNX extra, an `out` that is the checkpoint or
+    exists (without `force`); WorkError when the export fails or the reloaded model differs from
+    PyTorch by more than atol + rtol * max|logit|.
+    """
+    import json
+
+    from .checkpoint import build_from_checkpoint, load
+
+    out = Path(out)
+    fmt = infer_format(out, fmt)
+    if fmt == "onnx":
+        with _quiet():
+            _require_onnx()
+    check_paths(checkpoint, out, fmt, force)
+    state = load(checkpoint, map_location="cpu")
+    model = build_from_checkpoint(state, device="cpu")
+    classes, mean, std = [str(c) for c in state["classes"]], [float(v) for v in state["mean"]], [float(v) for v in state["std"]]
+    meta = {"resnet_cifar.classes": json.dumps(classes), "resnet_cifar.mean": json.dumps(mean),
+            "resnet_cifar.std": json.dumps(std), "resnet_cifar.model_args": json.dumps(dict(state["model_args"])),
+            "resnet_cifar.input": "float32 (N, 3, 32, 32), RGB in [0, 1], normalised (x - mean) / std"}
+    r = _check_against_pytorch(model, state, fmt, check_batch, seed, meta)
+    tolerance = atol + rtol * float(r["reference"].abs().max())
+    if not r["diff"] <= tolerance:   # also catches NaN
+        raise WorkError(f"the exported {fmt} model differs from PyTorch by {r['diff']:.3g} (tolerance "
                         f"{tolerance:.3g}) on {check_batch} random images; nothing was written")
-    _write_atomic(out, data)
-    return {"format": fmt, "exporter": exporter, "out": str(out), "bytes": len(data),
+    fsutil.write_bytes(out, r["data"], what=f"file at {out}")
+    return {"format": fmt, "exporter": r["exporter"], "out": str(out), "bytes": len(r["data"]),
             "checkpoint": state["path"], "model_args": dict(state["model_args"]),
-            "classes": [str(c) for c in state["classes"]], "mean": [float(v) for v in state["mean"]],
-            "std": [float(v) for v in state["std"]], "check_batch": check_batch,
-            "max_abs_diff": diff, "tolerance": tolerance,
+            "classes": classes, "mean": mean, "std": std, "check_batch": check_batch,
+            "max_abs_diff": r["diff"], "tolerance": tolerance,
             "input": {"name": "images", "shape": ["batch", 3, 32, 32], "dtype": "float32"},
-            "output": {"name": "logits", "shape": ["batch", len(state["classes"])]}}
+            "output": {"name": "logits", "shape": ["batch", len(classes)]}}

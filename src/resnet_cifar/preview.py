@@ -23,7 +23,7 @@ import torch
 
 from .config import Config
 from .data.loader import NO_AUGMENT, Augment, DeviceLoader, denormalize, plan_epoch
-from .errors import UsageError, WorkError
+from .errors import UsageError
 
 Log = Callable[[str], None] | None
 
@@ -128,13 +128,13 @@ def render_grid(pixels: torch.Tensor, labels, classes: list[str], out: str | Pat
     layout = {"width": width, "height": height, "rows": rows, "cols": cols, "scale": scale,
               "cells": cells, "image": canvas, "out": None}
     if out is not None:
-        from .checkpoint import atomic_write
+        from .fsutil import atomic_write, write_error
 
         out = Path(out)
         try:
             atomic_write(out, lambda f: canvas.save(f, format="PNG"))
         except OSError as e:
-            raise WorkError(f"cannot write {out}: {e.strerror or e}; choose another --out") from None
+            raise write_error(out, e, "file") from None
         layout["out"] = str(out)
     return layout
 

@@ -52,13 +52,15 @@ class Silent:
 
 
 class Console(Silent):
-    """A tqdm bar per epoch when stderr is a terminal; otherwise one line per epoch and no bar noise.
+    """A tqdm bar per epoch when stderr is a terminal; otherwise a line per epoch, and within an epoch
+    a progress line every `line_every` seconds (a log shows that a long CPU epoch is moving).
 
     `stream` takes the bar and `log` lines (default stderr), `out` the `record` lines and epoch
     summaries (default stdout; the given `stream` when only that is passed: one stream for all).
     """
 
-    def __init__(self, stream=None, bar: bool | None = None, refresh: float = 1.0, out=None):
+    def __init__(self, stream=None, bar: bool | None = None, refresh: float = 1.0, line_every: float = 60.0,
+                 clock=time.perf_counter, out=None):
         self.out = out or stream or sys.stdout
         self.stream = stream or sys.stderr
         if bar is None:
@@ -70,6 +72,9 @@ class Console(Silent):
         self._last = 0.0
         self._t0 = 0.0
         self._images = 0
+        self.line_every, self.clock = line_every, clock
+        self._where = (0, 0, 0, 0)      # epoch, epochs, steps, step
+        self._last_line = 0.0
         self.gone = False           # the terminal went away (see _terminal)
 
     @contextlib.contextmanager
@@ -103,6 +108,7 @@ class Console(Silent):
 
     def epoch_start(self, epoch, epochs, steps, start=0):
         self._t0, self._images, self._last = time.perf_counter(), 0, 0.0
+        self._where, self._last_line = (epoch, epochs, steps, start), self.clock()
         if self.use_bar:
             from tqdm import tqdm
 
@@ -112,7 +118,16 @@ class Console(Silent):
 
     def step(self, images, sums):
         self._images += images
+        epoch, epochs, steps, i = self._where
+        self._where = (epoch, epochs, steps, i + 1)
         if self.bar is None:
+            now = self.clock()
+            if now - self._last_line >= self.line_every:
+                self._last_line = now
+                loss_sum, correct, count = (float(v) for v in sums)  # sync point, once a minute
+                rate = self._images / max(time.perf_counter() - self._t0, 1e-9)
+                self.log(f"epoch {epoch}/{epochs} step {i + 1}/{steps}: loss {loss_sum / max(count, 1):.4f} "
+                         f"acc {correct / max(count, 1):.4f} | {rate:.0f} img/s{self.eta_note}")
             return
         with self._terminal():
             self.bar.update(1)

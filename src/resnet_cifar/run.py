@@ -25,6 +25,7 @@ from . import distributed, engine, runtime
 from .config import Config, from_dict
 from .data.split import check_split_sizes
 from .errors import UsageError
+from .estimate import cpu_advice, device_description
 from .progress import Silent, plural
 from .schedule import plan as schedule_plan
 
@@ -166,12 +167,16 @@ def train(cfg: Config | None = None, *, resume: str | Path | None = None, device
             plan = plan_new(cfg, seeds=seeds, overwrite=overwrite, world=world, log=progress.log)
         first = plan.runs[0].cfg
         runtime.configure_threads()
-        engine.setup(first, world)  # the device, flags and the world's refusals, before any data is loaded
+        device = engine.setup(first, world)  # the device, flags and the world's refusals, before any data is loaded
+        progress.log(f"device: {device_description(device)}")
         data = _load_data(first, world, progress.log)
         n_train = check_split_sizes(len(data.train_y), first.val_size, first.train_subset)  # before anything is printed
         if world.is_main:
             take_run_dir(plan)
             _announce(plan, n_train, world, progress)
+            advice = cpu_advice(first, data.num_classes, n_train, device)
+            if advice:
+                progress.log(advice)
         try:
             for r in plan.runs:
                 _train_one(r, data, world, progress, on_result)

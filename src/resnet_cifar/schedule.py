@@ -104,6 +104,11 @@ class LRSchedule:
                 return peak + (start - peak) * (1 + math.cos(math.pi * t)) / 2
             t = min(1.0, (step - up) / max(1, self.total_steps - up))
             return end + (peak - end) * (1 + math.cos(math.pi * t)) / 2
+        if self.kind == "triangle":
+            # airbench94's: linear 0.2 -> 1 at 23% of the steps -> 0.07 at the end (optim.triangle)
+            from .optim import triangle
+
+            return self.base_lr * triangle(step, self.total_steps) * warm
         raise ValueError(self.kind)
 
     def epoch_end(self, val_loss: float | None) -> bool:

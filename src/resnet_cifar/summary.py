@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .constants import IMAGE_SIZE
+from .errors import UsageError
 
 
 def _shape(out) -> list[int] | None:
@@ -39,8 +40,8 @@ def _macs(module: nn.Module, out: torch.Tensor) -> int:
     return 0
 
 
-def summarize_model(model: nn.Module, input_size: tuple[int, ...] = (1, 3, IMAGE_SIZE, IMAGE_SIZE)) -> dict[str, Any]:
-    """Run one forward pass with hooks; return rows, totals and MACs per image as plain data."""
+def _record_forward(model: nn.Module, input_size: tuple[int, ...]) -> dict[int, dict]:
+    """One forward pass with hooks: {id(module): {"calls", "macs", "output_shape"}}."""
     seen: dict[int, dict] = {}
     hooks = []
 
@@ -64,7 +65,11 @@ def summarize_model(model: nn.Module, input_size: tuple[int, ...] = (1, 3, IMAGE
         for h in hooks:
             h.remove()
         model.train(was_training)
+    return seen
 
+
+def _layer_rows(model: nn.Module, seen: dict[int, dict]) -> list[dict[str, Any]]:
+    """One row per module in tree order (torchinfo's "Layer (type:depth-idx)")."""
     rows: list[dict[str, Any]] = []
     counters: dict[int, int] = {}
 
@@ -89,6 +94,12 @@ def summarize_model(model: nn.Module, input_size: tuple[int, ...] = (1, 3, IMAGE
             walk(child, f"{name}.{child_name}" if name else child_name, depth + 1)
 
     walk(model, "", 0)
+    return rows
+
+
+def summarize_model(model: nn.Module, input_size: tuple[int, ...] = (1, 3, IMAGE_SIZE, IMAGE_SIZE)) -> dict[str, Any]:
+    """Run one forward pass with hooks; return rows, totals and MACs per image as plain data."""
+    rows = _layer_rows(model, _record_forward(model, input_size))
     # parameters() de-duplicates shared tensors, so these are the true totals.
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -106,10 +117,28 @@ def summarize_model(model: nn.Module, input_size: tuple[int, ...] = (1, 3, IMAGE
     }
 
 
+def check_size(name: str, num_classes: int, width: float) -> None:
+    """UsageError when the model is out of bounds, decided before anything is allocated: the
+    arguments' ranges first, then the parameter count on the meta device."""
+    from .bounds import MAX_PARAMS, meta_parameter_count, model_size_problem
+    from .models import list_models
+
+    if name not in list_models():
+        return   # build_model names the valid ones
+    problem = model_size_problem(name, num_classes, width)
+    if problem:
+        raise UsageError(f"{problem.replace('num_classes', '--num-classes').replace('width', '--width', 1)}")
+    n = meta_parameter_count(name, num_classes, width)
+    if n > MAX_PARAMS:
+        raise UsageError(f"{name} with --width {width:g} and --num-classes {num_classes} has {n:,} parameters "
+                         f"({4 * n / 1e9:.0f} GB), more than the {MAX_PARAMS:,} this tool builds; use a smaller --width")
+
+
 def summarize(name: str, num_classes: int = 10, width: float = 1.0) -> dict[str, Any]:
     """Summary of registry model `name` for 32x32 RGB images (see `summarize_model`)."""
     from .models import build_model
 
+    check_size(name, num_classes, width)
     model = build_model(name, num_classes=num_classes, width=width)
     out = summarize_model(model)
     return {"model": name, "num_classes": num_classes, "width": width, **out}

@@ -25,6 +25,7 @@ class Augment:
     pad_mode: str = "reflect"   # "reflect" or "zeros"
     flip: bool = True
     cutout: int = 0             # side of the zeroed square (after normalisation: zero = the mean)
+    alt_flip: bool = False      # with flip: alternating flips (data/altflip.py) instead of independent ones
 
 
 NO_AUGMENT = Augment(crop_padding=0, flip=False, cutout=0)
@@ -49,7 +50,7 @@ def plan_epoch(n: int, seed: int, epoch: int, aug: Augment, shuffle: bool = True
     g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     order = torch.randperm(n, generator=g) if shuffle else torch.arange(n)
     span = 2 * aug.crop_padding + 1
-    return EpochPlan(
+    plan = EpochPlan(
         order=order,
         dx=torch.randint(0, span, (n,), generator=g),
         dy=torch.randint(0, span, (n,), generator=g),
@@ -57,6 +58,11 @@ def plan_epoch(n: int, seed: int, epoch: int, aug: Augment, shuffle: bool = True
         cy=torch.randint(0, 32, (n,), generator=g),
         cx=torch.randint(0, 32, (n,), generator=g),
     )
+    if aug.flip and aug.alt_flip:  # the same draws (crops, cutout unchanged), the flips alternated per image
+        from .altflip import alternating_flips
+
+        plan.flip = alternating_flips(order, seed, epoch)
+    return plan
 
 
 def random_crop(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int, pad_mode: str) -> torch.Tensor:

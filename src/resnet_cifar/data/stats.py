@@ -14,7 +14,10 @@ import numpy as np
 import torch
 
 from .. import constants
+from ..errors import UsageError
 from . import Dataset
+
+CHANNELS = ("red", "green", "blue")
 
 _CHUNK = 2048   # images per chunk: 6 MB of uint8, 12 MB of uint16 squares
 
@@ -40,11 +43,31 @@ def channel_mean_std(x: torch.Tensor) -> tuple[tuple[float, float, float],
     n = xn.shape[0] * xn.shape[2] * xn.shape[3]
     means, stds = [], []
     for c in range(3):
-        mean = int(s1[c]) / n
-        var = max(int(s2[c]) / n - mean * mean, 0.0)
-        means.append(mean / 255.0)
-        stds.append(math.sqrt(var) / 255.0)
+        a, b = int(s1[c]), int(s2[c])
+        # n^2 * variance = n * sum(v^2) - sum(v)^2, exact in integers: 0 exactly for a constant channel
+        means.append(a / n / 255.0)
+        stds.append(math.sqrt((b * n - a * a) / (n * n)) / 255.0)
     return tuple(means), tuple(stds)
+
+
+def check_channels(std, where: str) -> None:
+    """UsageError naming each colour channel whose std is 0 (every pixel the same value):
+    normalising by it divides by zero and training would see NaN at the first step."""
+    flat = [CHANNELS[i] for i, s in enumerate(std) if not s > 0]
+    if flat:
+        raise UsageError(f"the {' and '.join(flat)} channel{'s' if len(flat) > 1 else ''} of the training images in "
+                         f"{where} {'are' if len(flat) > 1 else 'is'} constant (std 0), so normalisation would "
+                         f"divide by zero; add images with varied colour or remove the constant ones")
+
+
+def check_trainable(ds: Dataset) -> None:
+    """UsageError unless a classifier can learn from `ds`: at least 2 classes with training images,
+    and no normalisation std of 0 (see check_channels). Cheap; runs before a model is built."""
+    present = int(torch.unique(ds.train_y).numel()) if ds.train_y is not None and len(ds.train_y) else 0
+    if ds.num_classes < 2 or present < 2:
+        raise UsageError(f"the {ds.name} training data has {present} class(es) with images "
+                         f"({ds.num_classes} named); a classifier needs at least 2: add images of another class")
+    check_channels(ds.std, f"the {ds.name} dataset")
 
 
 def _per_class(y: torch.Tensor | None, classes: list[str]) -> dict[str, int] | None:

@@ -56,6 +56,9 @@ def fit(cfg: Config, data: Dataset, run_dir: str | Path, *, progress=None, resum
 
     An entry point: it makes the process-wide settings (`setup`) before it builds the run.
     """
+    from ..data.stats import check_trainable
+
+    check_trainable(data)    # one class or a zero std: refused before anything is built or written
     run_dir = Path(run_dir)
     world = world or distm.World()
     setup(cfg, world)

@@ -31,7 +31,7 @@ class BestWeights:
             acc = row.get(column)
             if acc is None:
                 continue
-            self.state.reached(acc, row["elapsed_seconds"])
+            self.state.reached(acc, row["elapsed_seconds"], row.get("train_flops"))
             best = self.state.best["val_acc"]
             if best is None or acc > best:
                 self.state.best = {"val_acc": acc, "epoch": epoch, "source": source}

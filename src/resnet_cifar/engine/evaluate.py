@@ -18,15 +18,17 @@ from ..data import Dataset
 from ..data.loader import DeviceLoader
 from ..data.split import train_val_split
 from ..errors import UsageError
+from ..tta import tta_logits
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean, std,
              batch_size: int = 1024, tta: bool = False, amp_ctx=None, channels_last: bool = True,
-             num_classes: int | None = None, return_probs: bool = False) -> dict[str, Any]:
+             num_classes: int | None = None, return_probs: bool = False, tta_mode: str = "flip") -> dict[str, Any]:
     """Loss (plain cross entropy), top-1, top-5 and per-class accuracy on uint8 images x.
 
-    With tta, the class probabilities of the image and its mirror are averaged (flip TTA).
+    With tta, tta_mode "flip" averages the class probabilities of the image and its mirror; "flip_translate"
+    takes airbench's six views (tta.tta_logits: mirrors and 1-px shifts, their logits averaged).
     Sums stay on the device; they are read once at the end.
     """
     model.eval()
@@ -42,7 +44,10 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, mean, 
                           channels_last=channels_last)
     for xb, yb in loader:
         with ctx:
-            views = [model(xb)] + ([model(xb.flip(3))] if tta else [])
+            if tta and tta_mode == "flip_translate":
+                views = [tta_logits(model, xb, tta_mode)]
+            else:
+                views = [model(xb)] + ([model(xb.flip(3))] if tta else [])
         logp = torch.stack([F.log_softmax(v.float(), dim=1) for v in views])
         logp = torch.logsumexp(logp, dim=0) - math.log(len(views))  # log of the mean probability
         loss_sum += F.nll_loss(logp, yb, reduction="sum").double()
@@ -78,10 +83,10 @@ class Evaluator:
     num_classes: int | None = None
 
     def __call__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, tta: bool = False,
-                 return_probs: bool = False) -> dict[str, Any]:
+                 return_probs: bool = False, tta_mode: str = "flip") -> dict[str, Any]:
         return evaluate(model, x, y, mean=self.mean, std=self.std, batch_size=self.batch_size, tta=tta,
                         amp_ctx=self.amp_ctx, channels_last=self.channels_last, num_classes=self.num_classes,
-                        return_probs=return_probs)
+                        return_probs=return_probs, tta_mode=tta_mode)
 
 
 def _split_of(cfg, data: Dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,7 +118,7 @@ def evaluate_checkpoint(state: dict, data: Dataset, *, split: str = "test", tta:
     model = ckpt.build_from_checkpoint(state, dev, num_classes=data.num_classes, channels_last=cfg.channels_last)
     ev = Evaluator(tuple(state["mean"]), tuple(state["std"]), batch_size or cfg.eval_batch_size,
                    runtime.autocast(dev, runtime.resolve_amp(cfg.amp, dev)), cfg.channels_last, data.num_classes)
-    result = ev(model, x.to(dev), y.to(dev), tta=tta)
+    result = ev(model, x.to(dev), y.to(dev), tta=tta, tta_mode=cfg.tta_mode)
     result["per_class_acc"] = dict(zip(data.classes, result["per_class_acc"], strict=True))
     result.update({"split": split, "tta": tta, "checkpoint": state.get("path"), "model": state["model_args"]["name"],
                    "dataset": data.name, "device": str(dev)})

@@ -11,11 +11,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .. import distributed as distm
 from .. import runtime
+from ..compute import forward_macs
 from ..config import Config
 from ..data import Dataset
-from ..data.loader import Augment, DeviceLoader
+from ..data.loader import Augment, DeviceLoader, normalize
 from ..data.split import stratified_subset, train_val_split
+from ..lookahead import Lookahead
 from ..models import build_model, count_parameters
+from ..models.speedrun import WHITEN_IMAGES, init_whitening
+from ..optim import speedrun_param_groups
 from ..schedule import LRSchedule, plan
 from .evaluate import Evaluator
 from .step import StepSetup
@@ -50,10 +54,19 @@ def make_splits(cfg: Config, data: Dataset, device: torch.device) -> Splits:
 
 
 def augment_from(cfg: Config) -> Augment:
-    return Augment(crop_padding=cfg.crop_padding, pad_mode=cfg.pad_mode, flip=cfg.flip, cutout=cfg.cutout)
+    return Augment(crop_padding=cfg.crop_padding, pad_mode=cfg.pad_mode, flip=cfg.flip, cutout=cfg.cutout,
+                   alt_flip=cfg.alt_flip)
 
 
 def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
+    if cfg.bias_lr_scale != 1.0 or getattr(model, "whiten", None) is not None:
+        # the speedrun recipe's groups: BN biases at a scaled lr, the whitening bias for its first epochs
+        groups = speedrun_param_groups(model, cfg.weight_decay, cfg.bias_lr_scale, cfg.whiten_bias_epochs)
+        if cfg.no_bn_decay:  # BN biases and the whitening bias: the 1-D groups
+            for g in groups:
+                if all(p.ndim <= 1 for p in g["params"]):
+                    g["weight_decay"] = 0.0
+        return groups
     if not cfg.no_bn_decay:
         return [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
     # BN weights/biases and all biases are 1-D: decaying them only fights the normalisation.
@@ -71,12 +84,22 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) ->
     return torch.optim.AdamW(groups, lr=cfg.lr, **extra)
 
 
-def make_model(cfg: Config, num_classes: int, device: torch.device, world: distm.World) -> torch.nn.Module:
+def make_model(cfg: Config, num_classes: int, device: torch.device, world: distm.World,
+               whiten_from: tuple[torch.Tensor, tuple, tuple] | None = None) -> torch.nn.Module:
+    """The registry's model on `device`. whiten_from (uint8 training images, mean, std): for a model with a
+    whitening layer, its frozen weights from those images (--no-whiten: the layer learns instead)."""
     model = build_model(cfg.model, num_classes, cfg.width, cfg.zero_init_residual)
     if cfg.sync_bn and world.distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    return model.to(device, memory_format=fmt)
+    model = model.to(device, memory_format=fmt)
+    if getattr(model, "whiten", None) is not None:
+        if cfg.whiten and whiten_from is not None:
+            x, mean, std = whiten_from
+            init_whitening(model, normalize(x[:WHITEN_IMAGES], mean, std, channels_last=False))
+        elif not cfg.whiten:
+            model.whiten.weight.requires_grad_(True)
+    return model
 
 
 def wrap_for_training(model: torch.nn.Module, cfg: Config, device: torch.device, world: distm.World,
@@ -108,7 +131,9 @@ class Parts:
     warmup_epochs: float                    # schedule.plan's: the run's warm-up, clipped for a short run
     schedule_notes: tuple[str, ...]         # what schedule.plan changed, one line each
     ema: AveragedModel | None
+    lookahead: Lookahead | None
     params: int
+    macs: int                               # forward MACs per image (compute.py: FLOPs of training/evaluation)
 
 
 def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.World | None = None,
@@ -121,15 +146,16 @@ def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.W
                           seed=cfg.seed, augment=augment_from(cfg), channels_last=cfg.channels_last,
                           rank=world.rank, world_size=world.size)
     distm.validate_last_batch(loader.num_images, cfg.batch_size, cfg.accum_steps, world)
-    model = make_model(cfg, data.num_classes, device, world)
+    model = make_model(cfg, data.num_classes, device, world, whiten_from=(splits.train_x, data.mean, data.std))
     optimizer = make_optimizer(model, cfg, device)
     scaler = runtime.grad_scaler(device, amp)
     amp_ctx = runtime.autocast(device, amp)
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
            if cfg.ema > 0 else None)
+    lookahead = Lookahead(model) if cfg.lookahead else None
     step = StepSetup(model=model, optimizer=optimizer, scaler=scaler, amp_ctx=amp_ctx,
                      label_smoothing=cfg.label_smoothing, accum_steps=cfg.accum_steps, world=world, ema=ema,
-                     raw=model)
+                     raw=model, lookahead=lookahead, total_steps=cfg.epochs * len(loader))
     planned = plan(cfg)
     swa_start = planned.swa_start   # None for a run too short for SWA (planned.notes say why)
     evaluator = Evaluator(tuple(data.mean), tuple(data.std), cfg.eval_batch_size, amp_ctx, cfg.channels_last,
@@ -137,5 +163,5 @@ def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.W
     return Parts(device=device, amp=amp, splits=splits, loader=loader, model=model, optimizer=optimizer,
                  schedule=LRSchedule(cfg, len(loader)), scaler=scaler, step=step, evaluator=evaluator,
                  swa=AveragedModel(model) if swa_start is not None else None, swa_start=swa_start,
-                 ema=ema, params=count_parameters(model), warmup_epochs=planned.warmup_epochs,
-                 schedule_notes=planned.notes)
+                 ema=ema, lookahead=lookahead, params=count_parameters(model), macs=forward_macs(model),
+                 warmup_epochs=planned.warmup_epochs, schedule_notes=planned.notes)

@@ -1,5 +1,6 @@
 """What a run writes besides checkpoints: metrics.csv, TensorBoard scalars, results.json and
-predictions.npz (the test split, evaluated once on the chosen weights)."""
+predictions.npz (the test split, evaluated once on the chosen weights). Every file is written
+atomically (fsutil); a full disk is one WorkError line and leaves the previous file intact."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import checkpoint as ckpt
+from .. import fsutil
+from ..compute import eval_flops, train_flops
+from ..tta import TTA_VIEWS
 
 METRIC_FIELDS = ["epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "swa_val_acc",
-                 "ema_val_acc", "epoch_seconds", "images_per_s", "elapsed_seconds"]
+                 "ema_val_acc", "epoch_seconds", "images_per_s", "elapsed_seconds", "train_flops"]
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
@@ -24,11 +27,11 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     for row in rows:
         w.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_FIELDS})
-    ckpt.atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    fsutil.write_text(path, buf.getvalue(), what="metrics.csv")
 
 
 def write_json(path: Path, data: dict) -> None:
-    ckpt.atomic_write(path, lambda f: f.write(json.dumps(data, indent=2).encode()))
+    fsutil.write_text(path, json.dumps(data, indent=2), what=path.name)
 
 
 class Scalars:
@@ -56,13 +59,14 @@ class Scalars:
             self.writer.close()
 
 
-def final_evaluation(model: torch.nn.Module, evaluator, splits, *, tta: bool, classes) -> dict[str, Any]:
+def final_evaluation(model: torch.nn.Module, evaluator, splits, *, tta: bool, classes,
+                     tta_mode: str = "flip") -> dict[str, Any]:
     """The test split evaluated once (the validation split when there is no test split), + flip TTA."""
     eval_split, x, y = "test", splits.test_x, splits.test_y
     if x is None:
         eval_split, x, y = "val", splits.val_x, splits.val_y
     test = evaluator(model, x, y, return_probs=True) if x is not None else None
-    tta_r = evaluator(model, x, y, tta=True) if (x is not None and tta) else None
+    tta_r = evaluator(model, x, y, tta=True, tta_mode=tta_mode) if (x is not None and tta) else None
     is_test = eval_split == "test" and test is not None
     out = {
         "test_acc": test["acc"] if is_test else None,
@@ -82,6 +86,25 @@ def final_evaluation(model: torch.nn.Module, evaluator, splits, *, tta: bool, cl
     return {"results": out, "predictions": predictions}
 
 
+def eval_images(cfg, splits, epochs: int) -> int:
+    """Images through an evaluation forward pass in a run of `epochs`: each epoch's validation of the
+    raw (and EMA) weights; SWA's BN pass over the training images and its validation; the test split
+    once, plus each TTA view (tta.TTA_VIEWS)."""
+    n_val = 0 if splits.val_y is None else len(splits.val_y)
+    final = splits.test_y if splits.test_y is not None else splits.val_y
+    views = 1 + (TTA_VIEWS[cfg.tta_mode] if cfg.tta else 0)
+    swa = len(splits.train_y) + n_val if cfg.swa else 0
+    return n_val * epochs * (2 if cfg.ema > 0 else 1) + swa + (0 if final is None else len(final) * views)
+
+
+def compute_facts(macs: int, cfg, splits, state) -> dict[str, Any]:
+    """results.json's compute: training FLOPs (MACs x 2 x 3 x images seen), the training FLOPs at which
+    each accuracy was first reached, and the evaluation FLOPs apart."""
+    return {"train_flops": train_flops(macs, len(splits.train_y) * state.epoch),
+            "flops_to_acc": dict(state.flops_to_acc),
+            "eval_flops": eval_flops(macs, eval_images(cfg, splits, state.epoch)), "macs_per_image": macs}
+
+
 def empty_evaluation() -> dict[str, Any]:
     """What a rank other than 0 reports (only rank 0 evaluates and writes)."""
     keys = ("test_acc", "test_loss", "test_top5", "test_acc_tta", "eval_split", "eval_acc", "eval_loss",
@@ -91,4 +114,4 @@ def empty_evaluation() -> dict[str, Any]:
 
 def write_predictions(path: Path, predictions: dict | None) -> None:
     if predictions is not None:
-        np.savez(path, **predictions)
+        fsutil.write_npz(path, what="predictions.npz", **predictions)

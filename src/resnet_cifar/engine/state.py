@@ -31,6 +31,7 @@ class RunState:
     history: list = field(default_factory=list)          # one metrics row per finished epoch
     best: dict = field(default_factory=lambda: {"val_acc": None, "epoch": None, "source": "raw"})
     time_to_acc: dict = field(default_factory=lambda: {f"{t:.2f}": None for t in THRESHOLDS})
+    flops_to_acc: dict = field(default_factory=lambda: {f"{t:.2f}": None for t in THRESHOLDS})  # training FLOPs
     elapsed: float = 0.0      # wall time of training + validation so far, across resumes
     skipped_steps: int = 0    # fp16 steps GradScaler skipped
 
@@ -38,18 +39,19 @@ class RunState:
         self.epoch, self.batch = epoch, 0
         self.partial = _no_partial()
 
-    def reached(self, acc: float, elapsed: float) -> None:
-        """Record the first time each accuracy threshold was reached."""
+    def reached(self, acc: float, elapsed: float, flops: int | None = None) -> None:
+        """Record the first time (and the training compute) each accuracy threshold was reached."""
         for t in THRESHOLDS:
             key = f"{t:.2f}"
             if acc >= t and self.time_to_acc[key] is None:
                 self.time_to_acc[key] = elapsed
+                self.flops_to_acc[key] = flops
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "accum_steps": self.accum_steps,
                 "partial": dict(self.partial), "history": list(self.history), "best": dict(self.best),
                 "time_to_acc": dict(self.time_to_acc), "elapsed": float(self.elapsed),
-                "skipped_steps": self.skipped_steps}
+                "skipped_steps": self.skipped_steps, "flops_to_acc": dict(self.flops_to_acc)}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.batch, self.step = state["epoch"], state["batch"], state["step"]
@@ -60,6 +62,8 @@ class RunState:
         self.time_to_acc = dict(state["time_to_acc"])
         self.elapsed = float(state["elapsed"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        # checkpoints written before compute was counted have none: thresholds reached then stay unknown
+        self.flops_to_acc = {**{k: None for k in self.time_to_acc}, **dict(state.get("flops_to_acc") or {})}
 
 
 def validate_resume(state: dict, steps_per_epoch: int, epochs: int) -> None:

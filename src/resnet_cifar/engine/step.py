@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 from .. import distributed as distm
 from ..errors import WorkError
+from ..lookahead import Lookahead
+from ..optim import group_lr
 from .sums import Sums
 
 
@@ -36,6 +38,9 @@ class StepSetup:
     world: distm.World = field(default_factory=distm.World)
     ema: torch.nn.Module | None = None    # an AveragedModel updated after every step
     raw: torch.nn.Module | None = None    # the unwrapped model EMA averages (default: model)
+    epoch: int = 0                        # 0-based epoch of the step (param groups with until_epoch)
+    lookahead: Lookahead | None = None    # airbench's lookahead, after every step of `total_steps`
+    total_steps: int = 0
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -48,9 +53,10 @@ class StepOutput:
     finite: torch.Tensor       # bool on the device: the step's loss was finite
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, epoch: int = 0) -> None:
+    """The schedule's lr on every group, times the group's lr_scale (0 past its until_epoch; optim.py)."""
     for g in optimizer.param_groups:
-        g["lr"] = lr
+        g["lr"] = group_lr(g, lr, epoch)
 
 
 def train_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor, n_global: int, lr: float) -> StepOutput:
@@ -61,7 +67,7 @@ def train_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor, n_global: int, lr
     gradients over ranks, hence the factor world.size. An out-of-memory error raised once the
     update has begun carries `during_update = True` (the step cannot be redone then).
     """
-    set_lr(s.optimizer, lr)
+    set_lr(s.optimizer, lr, s.epoch)
     scale = s.world.size / n_global
     chunks = [(xm, ym) for xm, ym in zip(x.tensor_split(s.accum_steps), y.tensor_split(s.accum_steps), strict=True) if len(ym)]
     loss_total = torch.zeros((), device=x.device)
@@ -105,9 +111,13 @@ def guarded_step(s: StepSetup, x: torch.Tensor, y: torch.Tensor, n_global: int, 
     while True:
         updating = False
         try:
-            return train_step(s, x, y, n_global, lr)
+            result = train_step(s, x, y, n_global, lr)
         except torch.cuda.OutOfMemoryError as e:
             updating = getattr(e, "during_update", False)  # the rest once the attempt's tensors are freed
+        else:
+            if s.lookahead is not None:
+                s.lookahead.after_step(s.unwrapped, step_number + 1, s.total_steps)
+            return result
         s.optimizer.zero_grad(set_to_none=True)
         if x.device.type == "cuda":
             torch.cuda.empty_cache()

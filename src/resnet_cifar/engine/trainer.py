@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
+from .. import compute, finite, runtime
 from .. import distributed as distm
-from .. import finite, runtime
 from ..config import Config
 from ..data import Dataset
 from ..errors import CheckpointError, Interrupted, WorkError, first_line
@@ -35,6 +35,16 @@ VALIDATION_SHARE = 1.08  # validation adds ~8% to the training time of an epoch
 
 def _all_finite(state: dict[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
+
+
+def _load_lookahead(lookahead, state: dict) -> None:
+    if lookahead is None:
+        return
+    if state.get("lookahead") is None:
+        if state["step"] > 0:
+            raise KeyError("it has no lookahead state, and this run uses --lookahead")
+        return
+    lookahead.load_state_dict(state["lookahead"])
 
 
 class Trainer:
@@ -77,6 +87,7 @@ class Trainer:
             "scaler": p.scaler.state_dict(),
             "swa": self.swa.state_dict() if self.swa is not None else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "lookahead": p.lookahead.state_dict() if p.lookahead is not None else None,
             **self.state.state_dict(), "rng": runtime.rng_state(), "world_size": self.world.size,
             "torch_version": str(torch.__version__),
         }
@@ -93,6 +104,7 @@ class Trainer:
                 self.swa.load_state_dict(state["swa"])
             if self.ema is not None and state.get("ema") is not None:
                 self.ema.load_state_dict(state["ema"])
+            _load_lookahead(p.lookahead, state)
             runtime.set_rng_state(state["rng"])
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
             raise CheckpointError(f"checkpoint {state.get('path', 'last.pt')!r} does not match this run: "
@@ -167,6 +179,7 @@ class Trainer:
             sums.add(Sums.from_dict(st.partial, self.device))
         seconds_before, t0 = st.partial["seconds"], time.perf_counter()
         self.progress.epoch_start(epoch, cfg.epochs, self.steps_per_epoch, st.batch)
+        self.parts.step.epoch = epoch - 1
         self.watch.reset()
         n, B = self.train_loader.num_images, cfg.batch_size
         for done, (b, x, y) in enumerate(self.train_loader.batches(epoch, start=st.batch), 1):
@@ -192,7 +205,8 @@ class Trainer:
         seconds = seconds_before + time.perf_counter() - t0
         count = total["count"]
         return {"train_loss": total["loss_sum"] / max(count, 1), "train_acc": total["correct"] / max(count, 1),
-                "epoch_seconds": seconds, "images_per_s": count / max(seconds, 1e-9)}
+                "epoch_seconds": seconds, "images_per_s": count / max(seconds, 1e-9),
+                "train_flops": compute.train_flops(self.parts.macs, n * epoch)}    # forward MACs x 2 x 3 x images
 
     def _interrupted(self, stop: StopFlag, where: str) -> Interrupted:
         signum = stop.signum or signal.SIGTERM
@@ -259,8 +273,8 @@ class Trainer:
         self.save("last.pt")
         # The test split, evaluated once, on the weights chosen on validation (rank 0 only writes it).
         best_model = self._best_model()
-        ev = (out.final_evaluation(best_model, self.parts.evaluator, self.splits, tta=self.cfg.tta,
-                                   classes=self.data.classes) if self.world.is_main else out.empty_evaluation())
+        ev = (out.final_evaluation(best_model, self.parts.evaluator, self.splits, tta=self.cfg.tta, classes=self.data.classes,
+                                   tta_mode=self.cfg.tta_mode) if self.world.is_main else out.empty_evaluation())
         results = {**ev["results"], **self.best.results(), **self._facts()}
         if self.world.is_main:
             out.write_predictions(self.run_dir / "predictions.npz", ev["predictions"])
@@ -270,6 +284,7 @@ class Trainer:
     def _facts(self) -> dict:
         cfg, st, s = self.cfg, self.state, self.splits
         return {
+            **out.compute_facts(self.parts.macs, cfg, s, st),
             "epochs": st.epoch, "steps": st.step, "train_seconds": st.elapsed, "time_to_acc": st.time_to_acc,
             "skipped_steps": st.skipped_steps, "model": cfg.model, "params": self.parts.params,
             "dataset": self.data.name, "classes": list(self.data.classes), "num_train": len(s.train_y),

@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..errors import UsageError
 from .resnet import (BasicBlock, Bottleneck, CifarResNet, PreActBlock, ResNet,
                      init_weights)
+from .speedrun import SpeedrunResNet
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet18": partial(ResNet, BasicBlock, [2, 2, 2, 2]),
@@ -27,6 +28,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet44": partial(CifarResNet, 44),
     "resnet56": partial(CifarResNet, 56),
     "resnet110": partial(CifarResNet, 110),
+    "speedrun_resnet": SpeedrunResNet,
 }
 
 
@@ -44,6 +46,8 @@ def build_model(name: str, num_classes: int = 10, width: float = 1.0,
     if not width > 0:
         raise UsageError(f"width must be > 0, got {width}")
     model = _REGISTRY[name](num_classes=num_classes, width=width)
+    if getattr(model, "own_init", False):  # e.g. speedrun_resnet: dirac convs, frozen whitening
+        return model
     return init_weights(model, zero_init_residual)
 
 

@@ -1,5 +1,6 @@
 """Put a run's report together: read the run directory, compute every number (analyse_run), draw
-the figures, write RUN_DIR/report/{index.html, summary.json, confusion.csv, *.png}.
+the figures, write RUN_DIR/report/{index.html, summary.json, confusion.csv, *.png}. The folder is
+built beside the old one and takes its place only when complete (write_report_dir).
 
 A multi-seed directory (RUN_DIR/summary.json listing per-seed run dirs) gets each seed's report
 (built when missing) and a summary page linking to them.
@@ -9,17 +10,19 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from .. import fsutil
 from ..errors import ResnetCifarError, UsageError, WorkError, first_line
-from . import calibration, confusion, diagnosis, examples, metrics
+from . import calibration, confusion, diagnosis, examples, metrics, seeds_page
 
 REPORT_DIR = "report"
-# Figures and data files this module writes; deleted before a rebuild so a figure that can no
-# longer be drawn (e.g. the images moved away) does not linger from an earlier build.
+# Figures and data files this module writes. A rebuild makes a fresh folder, so a figure that can
+# no longer be drawn (e.g. the images moved away) does not linger; other files are carried over.
 FIGURES = ("loss.png", "accuracy.png", "lr.png", "confusion.png", "reliability.png",
            "mistakes.png", "least_confident.png")
 DATA_FILES = ("confusion.csv", "summary.json", "index.html")
@@ -100,6 +103,45 @@ def _class_names(results: dict, config: dict, num_classes: int, notes: list[str]
     return [str(i) for i in range(num_classes)]
 
 
+def _eval_images(images, config, preds, results, n: int, log: Log):
+    """(images aligned with the prediction rows or None, why they are missing or None)."""
+    if images is not None and _is_dataset(images):
+        return load_eval_images(config, preds, results.get("eval_split"), log, dataset=images)
+    if images is not None:
+        imgs = _images_array(images)
+        if len(imgs) != n:
+            raise UsageError(f"images has {len(imgs)} rows but predictions.npz has {n}; pass "
+                             f"the eval images in prediction order")
+        return imgs, None
+    return load_eval_images(config, preds, results.get("eval_split"), log)
+
+
+def _analyse_eval(preds: dict, results: dict, config: dict, notes: list[str]) -> dict[str, Any]:
+    """classes, eval, calibration and examples of the predictions (see analyse_run)."""
+    probs, labels = preds["probs"], preds["labels"]
+    c = probs.shape[1]
+    classes = _class_names(results, config, c, notes)
+    cm = confusion.confusion_matrix(labels, probs.argmax(axis=1), c)
+    n = int(len(labels))
+    acc = float(np.trace(cm) / n) if n else None
+    split = preds.get("split") or results.get("eval_split")
+    # eval_acc: accuracy on whichever split predictions.npz holds; older results only test_acc
+    ref = results.get("eval_acc")
+    if ref is None and split == "test":
+        ref = results.get("test_acc")
+    if acc is not None and metrics.finite(ref) and abs(acc - ref) > CONSISTENCY_TOLERANCE:
+        notes.append(f"predictions.npz gives {100 * acc:.2f}% on the {split} split but "
+                     f"results.json says {100 * ref:.2f}%; one of them is stale "
+                     f"(rerun `resnet-cifar evaluate`).")
+    return {"classes": classes,
+            "eval": {"split": split, "n": n, "accuracy": acc, "confusion": cm,
+                     "per_class": confusion.per_class_metrics(cm, classes),
+                     "top_confused": confusion.top_confused_pairs(cm, classes, TOP_PAIRS)},
+            "calibration": calibration.reliability(probs, labels),
+            "examples": {"mistakes": examples.most_confident_mistakes(probs, labels),
+                         "least_confident_correct": examples.least_confident_correct(probs, labels)}}
+
+
 def analyse_run(run_dir: str | Path, images=None, log: Log = None) -> dict[str, Any]:
     """Every number the report shows, as plain data (no drawing, no files written).
 
@@ -123,41 +165,9 @@ def analyse_run(run_dir: str | Path, images=None, log: Log = None) -> dict[str, 
     if preds is None:
         out["images_missing"] = "predictions.npz is missing, so there are no eval predictions to show."
     else:
-        probs, labels = preds["probs"], preds["labels"]
-        c = probs.shape[1]
-        classes = _class_names(results, config, c, notes)
-        out["classes"] = classes
-        pred = probs.argmax(axis=1)
-        cm = confusion.confusion_matrix(labels, pred, c)
-        n = int(len(labels))
-        acc = float(np.trace(cm) / n) if n else None
-        split = preds.get("split") or results.get("eval_split")
-        # eval_acc: accuracy on whichever split predictions.npz holds; older results only test_acc
-        ref = results.get("eval_acc")
-        if ref is None and split == "test":
-            ref = results.get("test_acc")
-        if acc is not None and metrics.finite(ref) and abs(acc - ref) > CONSISTENCY_TOLERANCE:
-            notes.append(f"predictions.npz gives {100 * acc:.2f}% on the {split} split but "
-                         f"results.json says {100 * ref:.2f}%; one of them is stale "
-                         f"(rerun `resnet-cifar evaluate`).")
-        out["eval"] = {"split": split, "n": n, "accuracy": acc, "confusion": cm,
-                       "per_class": confusion.per_class_metrics(cm, classes),
-                       "top_confused": confusion.top_confused_pairs(cm, classes, TOP_PAIRS)}
-        out["calibration"] = calibration.reliability(probs, labels)
-        out["examples"] = {"mistakes": examples.most_confident_mistakes(probs, labels),
-                           "least_confident_correct": examples.least_confident_correct(probs, labels)}
-        if images is not None and _is_dataset(images):
-            out["images"], out["images_missing"] = load_eval_images(
-                config, preds, results.get("eval_split"), log, dataset=images)
-        elif images is not None:
-            imgs = _images_array(images)
-            if len(imgs) != n:
-                raise UsageError(f"images has {len(imgs)} rows but predictions.npz has {n}; pass "
-                                 f"the eval images in prediction order")
-            out["images"] = imgs
-        else:
-            out["images"], out["images_missing"] = load_eval_images(
-                config, preds, results.get("eval_split"), log)
+        out.update(_analyse_eval(preds, results, config, notes))
+        out["images"], out["images_missing"] = _eval_images(images, config, preds, results,
+                                                            out["eval"]["n"], log)
     out["lr_cuts"] = diagnosis.lr_cuts(rows, config)
     out["diagnosis"] = diagnosis.diagnose(rows, results, config)
     return out
@@ -244,9 +254,36 @@ def _run_files(run: Path) -> list[tuple[str, str]]:
     return files
 
 
-def _clean(out: Path) -> None:
-    for name in FIGURES + DATA_FILES:
-        (out / name).unlink(missing_ok=True)
+def _carry_foreign(old: Path, new: Path) -> None:
+    """Copy files a user put into the old report folder (not ours) into the new one."""
+    if not old.is_dir():
+        return
+    for p in old.iterdir():
+        if p.name in FIGURES + DATA_FILES or (new / p.name).exists():
+            continue
+        if p.is_file() and not p.is_symlink():
+            shutil.copy2(p, new / p.name)
+        elif p.is_dir() and not p.is_symlink():
+            shutil.copytree(p, new / p.name, symlinks=True)
+
+
+def write_report_dir(final: Path, fill: Callable[[Path], None]) -> None:
+    """Build a report folder in a temp folder beside `final` with `fill(tmp)`; only when it is
+    complete does it replace `final`. Any failure (a full disk, a signal) leaves the old report as
+    it was and removes the temp folder; an OSError becomes one WorkError line."""
+    fsutil.remove_leftover_dirs(final.parent, final.name)   # of a build that was killed
+    tmp = None
+    try:
+        tmp = fsutil.temp_dir_beside(final)
+        fill(tmp)
+        _carry_foreign(final, tmp)
+        fsutil.replace_dir(tmp, final)
+    except OSError as e:
+        raise WorkError(f"cannot write the report into {final} ({e.strerror or e}); the previous report "
+                        f"is intact (free disk space or check the directory is writable)") from None
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_run_report(run_dir: str | Path, images=None, log: Log = None) -> Path:
@@ -255,23 +292,19 @@ def build_run_report(run_dir: str | Path, images=None, log: Log = None) -> Path:
 
     a = analyse_run(run_dir, images=images, log=log)
     run = Path(a["run_dir"])
-    out = run / REPORT_DIR
-    try:
-        out.mkdir(exist_ok=True)
-        _clean(out)
+    final = run / REPORT_DIR
+
+    def fill(out: Path) -> None:
         figs = _draw(a, out, log)
         if a["eval"] is not None:
             confusion.write_confusion_csv(a["eval"]["confusion"], a["classes"], out / "confusion.csv")
         files = [f for f in _run_files(run) if f[0] != "confusion.csv" or a["eval"] is not None]
-        summary = summary_data(a, figs)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        page = html.render_run_page(a, figs, out, files)
-        (out / "index.html").write_text(page, encoding="utf-8")
-    except OSError as e:
-        raise WorkError(f"cannot write the report into {out} ({e.strerror or e}); check the "
-                        f"directory is writable and the disk has space") from None
-    _say(log, f"report: wrote {out / 'index.html'}")
-    return out / "index.html"
+        (out / "summary.json").write_text(json.dumps(summary_data(a, figs), indent=1), encoding="utf-8")
+        (out / "index.html").write_text(html.render_run_page(a, figs, out, files), encoding="utf-8")
+
+    write_report_dir(final, fill)
+    _say(log, f"report: wrote {final / 'index.html'}")
+    return final / "index.html"
 
 
 def is_multiseed(run_dir: str | Path) -> bool:
@@ -284,8 +317,6 @@ def is_multiseed(run_dir: str | Path) -> bool:
 
 def build_multiseed_report(run_dir: str | Path, log: Log = None, force: bool = False) -> Path:
     """Each seed's report (built if missing, or always with force) and a summary page."""
-    from . import html
-
     run = metrics.check_run_dir(run_dir)
     summary = metrics.read_json(run / metrics.MULTISEED_FILE)
     if not isinstance(summary.get("runs"), list):
@@ -315,18 +346,16 @@ def build_multiseed_report(run_dir: str | Path, log: Log = None, force: bool = F
             # one broken seed must not hide the others: the table says what is wrong with it
             item["error"] = str(e)
         seeds.append(item)
-    out = run / REPORT_DIR
     data = _jsonable({"run_dir": str(run), "metric": summary.get("metric"),
                       "mean": summary.get("mean"), "std": summary.get("std"),
                       "seeds": seeds, "source": summary})
-    try:
-        out.mkdir(exist_ok=True)
+
+    def fill(out: Path) -> None:
         (out / "summary.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
-        (out / "index.html").write_text(html.render_multiseed_page(data), encoding="utf-8")
-    except OSError as e:
-        raise WorkError(f"cannot write the report into {out} ({e.strerror or e}); check the "
-                        f"directory is writable and the disk has space") from None
-    return out / "index.html"
+        (out / "index.html").write_text(seeds_page.render_multiseed_page(data), encoding="utf-8")
+
+    write_report_dir(run / REPORT_DIR, fill)
+    return run / REPORT_DIR / "index.html"
 
 
 def build_report(run_dir: str | Path, images=None, log: Log = None, force: bool = False) -> Path:

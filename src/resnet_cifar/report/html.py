@@ -239,14 +239,30 @@ def _page(title: str, body: str) -> str:
             "</main></body></html>\n")
 
 
-def render_run_page(a: dict, figs: dict[str, str], out: Path, files: list[tuple[str, str]]) -> str:
-    """The page of one run. a: build.analyse_run's dict; figs: {key: png name in out}."""
-    r, cfg, ev = a["results"], a["config"], a["eval"]
+# Config keys that mean nothing for some runs: shown only where they apply.
+SCHEDULER_KEYS = {"multistep": ("milestones", "gamma"), "plateau": ("plateau_factor", "plateau_patience")}
+CIFAR_ONLY_KEYS = ("download",)
+
+
+def shown_config(cfg: dict) -> dict:
+    """The config as the report lists it: keys of another scheduler, and `download` for an image
+    folder (nothing is ever downloaded there), left out."""
+    drop = {k for sched, keys in SCHEDULER_KEYS.items() if cfg.get("scheduler") != sched for k in keys}
+    if cfg.get("dataset") == "folder":
+        drop.update(CIFAR_ONLY_KEYS)
+    return {k: v for k, v in cfg.items() if k not in drop}
+
+
+def _plural(n, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _header(a: dict) -> list[str]:
+    r, cfg = a["results"], a["config"]
     run_name = Path(a["run_dir"]).name
-    model = r.get("model") or cfg.get("model")
-    dataset = r.get("dataset") or cfg.get("dataset")
     meta = " · ".join(esc(x) for x in (
-        model, dataset, f"{r['epochs']} epochs" if r.get("epochs") is not None else None,
+        r.get("model") or cfg.get("model"), r.get("dataset") or cfg.get("dataset"),
+        _plural(r["epochs"], "epoch") if r.get("epochs") is not None else None,
         f"seed {r['seed']}" if r.get("seed") is not None else None, r.get("device"),
         f"torch {r['torch_version']}" if r.get("torch_version") else None) if x)
     nav = ("<nav>" + "".join(f'<a href="#{i}">{t}</a>' for i, t in (
@@ -254,119 +270,100 @@ def render_run_page(a: dict, figs: dict[str, str], out: Path, files: list[tuple[
         ("confusion", "Confusion"), ("calibration", "Calibration"), ("examples", "Examples"),
         ("config", "Config"), ("environment", "Environment"), ("files", "Files"))) + "</nav>")
     b = [f"<h1>Run report: {esc(run_name)}</h1>", f'<p class="meta">{meta}</p>' if meta else "", nav]
-    b += [f'<div class="note">{esc(n)}</div>' for n in a["notes"]]
-    b.append('<h2 id="results">Results</h2>' + (_headline(a) or '<p class="muted">No results yet.</p>'))
-    b.append('<h2 id="diagnosis">Diagnosis</h2>' + _findings(a["diagnosis"], figs))
+    return b + [f'<div class="note">{esc(n)}</div>' for n in a["notes"]]
 
-    b.append('<h2 id="curves">Training curves</h2>')
-    if a["rows"]:
-        last = a["rows"][-1]["epoch"]
-        cut_note = ("Dotted lines: learning-rate cuts." if any(c["epoch"] < last for c in a["lr_cuts"])
-                    else "")
-        b.append('<div class="figs">'
-                 + _figure(figs, out, "loss", "Training and validation loss per epoch", cut_note)
-                 + _figure(figs, out, "accuracy", "Training and validation accuracy per epoch",
-                           "Train accuracy is measured on augmented images during the epoch.")
-                 + _figure(figs, out, "lr", "Learning rate per epoch") + "</div>")
+
+def _curves(a: dict, figs: dict, out: Path) -> str:
+    b = '<h2 id="curves">Training curves</h2>'
+    if not a["rows"]:
+        return b + '<p class="missing">metrics.csv is missing or empty: no curves.</p>'
+    last = a["rows"][-1]["epoch"]
+    cut_note = "Dotted lines: learning-rate cuts." if any(c["epoch"] < last for c in a["lr_cuts"]) else ""
+    return (b + '<div class="figs">'
+            + _figure(figs, out, "loss", "Training and validation loss per epoch", cut_note)
+            + _figure(figs, out, "accuracy", "Training and validation accuracy per epoch",
+                      "Train accuracy is measured on augmented images during the epoch.")
+            + _figure(figs, out, "lr", "Learning rate per epoch") + "</div>")
+
+
+def _confusion(a: dict, figs: dict, out: Path) -> list[str]:
+    ev = a["eval"]
+    split = (ev or {}).get("split") or a["results"].get("eval_split") or "eval"
+    b = [f'<h2 id="confusion">Confusion matrix ({esc(split)} split)</h2>']
+    if ev is None:
+        return b + ['<p class="missing">predictions.npz is missing: no confusion matrix, per-class '
+                    'numbers, calibration or example images. Rerun <code>resnet-cifar evaluate</code> '
+                    'on this run to write it.</p>']
+    b.append(f'<p>{ev["n"]} images, accuracy {pct(ev["accuracy"])} (from predictions.npz, '
+             f'without TTA). Rows are the true class, columns the prediction; each cell shows '
+             f'the count and its share of the row.</p>')
+    b.append(_figure(figs, out, "confusion", "Confusion matrix heatmap",
+                     "Click or tap a figure to open it full size."))
+    b.append("<h3>Most confused pairs</h3>")
+    if ev["top_confused"]:
+        b.append(table(["true class", "predicted as", "images", "% of true class"],
+                       [[p["true"], p["pred"], p["count"], pct(p["share_of_true"], 1)]
+                        for p in ev["top_confused"]], num=[2, 3]))
     else:
-        b.append('<p class="missing">metrics.csv is missing or empty: no curves.</p>')
+        b.append('<p class="muted">No mistakes.</p>')
+    b.append("<h3>Per class</h3>" + table(
+        ["class", "images", "precision", "recall", "F1", "accuracy (one-vs-rest)"],
+        [[c["class"], c["support"], pct(c["precision"], 1), pct(c["recall"], 1),
+          pct(c["f1"], 1), pct(c["accuracy"], 1)] for c in ev["per_class"]],
+        num=[1, 2, 3, 4, 5]))
+    return b
 
-    split = (ev or {}).get("split") or r.get("eval_split") or "eval"
-    b.append(f'<h2 id="confusion">Confusion matrix ({esc(split)} split)</h2>')
-    if ev is not None:
-        b.append(f'<p>{ev["n"]} images, accuracy {pct(ev["accuracy"])} (from predictions.npz, '
-                 f'without TTA). Rows are the true class, columns the prediction; each cell shows '
-                 f'the count and its share of the row.</p>')
-        b.append(_figure(figs, out, "confusion", "Confusion matrix heatmap",
-                         "Click or tap a figure to open it full size."))
-        b.append("<h3>Most confused pairs</h3>")
-        if ev["top_confused"]:
-            b.append(table(["true class", "predicted as", "images", "% of true class"],
-                           [[p["true"], p["pred"], p["count"], pct(p["share_of_true"], 1)]
-                            for p in ev["top_confused"]], num=[2, 3]))
-        else:
-            b.append('<p class="muted">No mistakes.</p>')
-        b.append("<h3>Per class</h3>" + table(
-            ["class", "images", "precision", "recall", "F1", "accuracy (one-vs-rest)"],
-            [[c["class"], c["support"], pct(c["precision"], 1), pct(c["recall"], 1),
-              pct(c["f1"], 1), pct(c["accuracy"], 1)] for c in ev["per_class"]],
-            num=[1, 2, 3, 4, 5]))
-    else:
-        b.append('<p class="missing">predictions.npz is missing: no confusion matrix, per-class '
-                 'numbers, calibration or example images. Rerun <code>resnet-cifar evaluate</code> '
-                 'on this run to write it.</p>')
 
-    b.append('<h2 id="calibration">Calibration</h2>')
+def _calibration(a: dict, figs: dict, out: Path) -> str:
+    b = '<h2 id="calibration">Calibration</h2>'
     cal = a["calibration"]
-    if cal is not None and cal.get("ece") is not None:
-        b.append(f'<p>Expected calibration error <b>{pct(cal["ece"])}</b> ({cal["n_bins"]} '
-                 f'equal-width confidence bins; 0 is perfect). Mean confidence '
-                 f'{pct(cal["mean_confidence"])} against accuracy {pct(cal["accuracy"])}'
-                 f'{" (overconfident)" if cal["mean_confidence"] > cal["accuracy"] + 0.01 else ""}'
-                 f'{" (underconfident)" if cal["mean_confidence"] < cal["accuracy"] - 0.01 else ""}; '
-                 f'largest bin gap {pct(cal["mce"])}.</p>')
-        b.append(_figure(figs, out, "reliability", "Reliability diagram",
-                         "Bars: accuracy of the predictions in each confidence bin; a calibrated "
-                         "model's bars touch the diagonal. Below: how many images fall in each bin."))
-    else:
-        b.append('<p class="missing">No predictions, so no calibration.</p>')
+    if cal is None or cal.get("ece") is None:
+        return b + '<p class="missing">No predictions, so no calibration.</p>'
+    return (b + f'<p>Expected calibration error <b>{pct(cal["ece"])}</b> ({cal["n_bins"]} '
+            f'equal-width confidence bins; 0 is perfect). Mean confidence '
+            f'{pct(cal["mean_confidence"])} against accuracy {pct(cal["accuracy"])}'
+            f'{" (overconfident)" if cal["mean_confidence"] > cal["accuracy"] + 0.01 else ""}'
+            f'{" (underconfident)" if cal["mean_confidence"] < cal["accuracy"] - 0.01 else ""}; '
+            f'largest bin gap {pct(cal["mce"])}.</p>'
+            + _figure(figs, out, "reliability", "Reliability diagram",
+                      "Bars: accuracy of the predictions in each confidence bin; a calibrated "
+                      "model's bars touch the diagonal. Below: how many images fall in each bin."))
 
-    b.append('<h2 id="examples">Example images</h2>')
-    if "mistakes" in figs or "least_confident" in figs:
-        b.append('<div class="figs">'
-                 + _figure(figs, out, "mistakes", "Grid of the most confident misclassified images",
-                           "Most confident mistakes first: true label, predicted label and the "
-                           "predicted probability.")
-                 + _figure(figs, out, "least_confident", "Grid of the least confident correct images",
-                           "Correct, but with the lowest confidence first.") + "</div>")
-        if ev is not None and not a["examples"]["mistakes"]:
-            b.append('<p class="muted">No misclassified images.</p>')
-    else:
-        b.append(f'<p class="missing">Images are not shown: {esc(a["images_missing"] or "none to show.")}</p>')
 
-    b.append('<h2 id="config">Configuration</h2>' + _key_values(cfg))
+def _examples(a: dict, figs: dict, out: Path) -> str:
+    b = '<h2 id="examples">Example images</h2>'
+    if "mistakes" not in figs and "least_confident" not in figs:
+        return b + f'<p class="missing">Images are not shown: {esc(a["images_missing"] or "none to show.")}</p>'
+    b += ('<div class="figs">'
+          + _figure(figs, out, "mistakes", "Grid of the most confident misclassified images",
+                    "Most confident mistakes first: true label, predicted label and the "
+                    "predicted probability.")
+          + _figure(figs, out, "least_confident", "Grid of the least confident correct images",
+                    "Correct, but with the lowest confidence first.") + "</div>")
+    if a["eval"] is not None and not a["examples"]["mistakes"]:
+        b += '<p class="muted">No misclassified images.</p>'
+    return b
+
+
+def _config_env_files(a: dict, files: list[tuple[str, str]]) -> str:
+    r = a["results"]
     env = dict(r.get("env") or {}) if isinstance(r.get("env"), dict) else {}
     for k in ("device", "torch_version", "seed", "model", "params", "dataset"):
         if r.get(k) is not None and k not in env:
             env[k] = r[k]
-    b.append('<h2 id="environment">Environment</h2>' + _key_values(env))
-    b.append('<h2 id="files">Files</h2><ul class="files">'
-             + "".join(f'<li><a href="{esc(quote(href))}">{esc(label)}</a></li>' for label, href in files)
-             + "</ul>")
-    return _page(f"Run report: {run_name}", "".join(b))
+    return ('<h2 id="config">Configuration</h2>' + _key_values(shown_config(a["config"]))
+            + '<h2 id="environment">Environment</h2>' + _key_values(env)
+            + '<h2 id="files">Files</h2><ul class="files">'
+            + "".join(f'<li><a href="{esc(quote(href))}">{esc(label)}</a></li>' for label, href in files)
+            + "</ul>")
 
 
-def render_multiseed_page(data: dict) -> str:
-    """The summary page of a multi-seed directory (build.build_multiseed_report's data)."""
-    run_name = Path(data["run_dir"]).name
-    metric = data.get("metric") or "test_acc"
-    label = {"test_acc": "test accuracy", "best_val_acc": "best validation accuracy"}.get(metric, metric)
-    seeds = data["seeds"]
-    b = [f"<h1>Multi-seed summary: {esc(run_name)}</h1>",
-         f'<p class="meta">{len(seeds)} seeds · {esc(label)}</p>']
-    mean, std = data.get("mean"), data.get("std")
-    values = [s.get(metric) for s in seeds if _finite(s.get(metric))]
-    spread = f"min {pct(min(values))}, max {pct(max(values))}" if values else ""
-    b.append('<div class="cards">'
-             + _card(f"{label}, mean ± std",
-                     f"{100 * mean:.2f} ± {100 * std:.2f}%" if _finite(mean) and _finite(std)
-                     else pct(mean),
-                     f"over {len(values)} of {len(seeds)} seeds; {spread}" if spread else "")
-             + "</div>")
-    rows = []
-    for s in seeds:
-        link = (Raw(f'<a href="../{esc(quote(s["report"]))}">{esc(s.get("dir") or "report")}</a>')
-                if s.get("report") else s.get("dir"))
-        issues = [f["title"] for f in s.get("diagnosis") or [] if f["severity"] in ("problem", "warning")]
-        status = s["error"] if s.get("error") else ("; ".join(issues) if issues else "healthy")
-        rows.append([s.get("seed"), link, pct(s.get("test_acc")), pct(s.get("test_acc_tta")),
-                     pct(s.get("best_val_acc")),
-                     s.get("best_epoch") if s.get("best_epoch") is not None else "—",
-                     str(s["selected"]).upper() if s.get("selected") else "—",
-                     seconds(s.get("train_seconds")), pct(s.get("ece")), status])
-    b.append('<h2 id="seeds">Seeds</h2>' + table(
-        ["seed", "run", "test accuracy", "with TTA", "best validation", "best epoch", "weights",
-         "training time", "ECE", "diagnosis"], rows, num=[2, 3, 4, 5, 7, 8], wrap=[9]))
-    b.append('<h2 id="files">Files</h2><ul class="files"><li><a href="../summary.json">summary.json'
-             '</a></li><li><a href="summary.json">report/summary.json</a></li></ul>')
-    return _page(f"Multi-seed summary: {run_name}", "".join(b))
+def render_run_page(a: dict, figs: dict[str, str], out: Path, files: list[tuple[str, str]]) -> str:
+    """The page of one run. a: build.analyse_run's dict; figs: {key: png name in out}."""
+    b = _header(a)
+    b.append('<h2 id="results">Results</h2>' + (_headline(a) or '<p class="muted">No results yet.</p>'))
+    b.append('<h2 id="diagnosis">Diagnosis</h2>' + _findings(a["diagnosis"], figs))
+    b.append(_curves(a, figs, out))
+    b += _confusion(a, figs, out)
+    b += [_calibration(a, figs, out), _examples(a, figs, out), _config_env_files(a, files)]
+    return _page(f"Run report: {Path(a['run_dir']).name}", "".join(b))

@@ -58,11 +58,26 @@ def _mark_cuts(ax, cuts, rows):
                    label="lr cut" if i == 0 else None)
 
 
-def _epoch_axis(ax):
+def plain(text: str) -> str:
+    """Text from a file (a class name) shown as written: matplotlib reads `$...$` as TeX math,
+    and a name like `$_$` would fail to render; `\\$` is its literal dollar sign."""
+    return str(text).replace("$", r"\$")
+
+
+def _short(name: str, limit: int) -> str:
+    return plain(name if len(name) <= limit else name[:limit - 1] + "…")
+
+
+def _epoch_axis(ax, rows):
     from matplotlib.ticker import MaxNLocator
 
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    epochs = sorted({r["epoch"] for r in rows if isinstance(r.get("epoch"), (int, float))})
+    if len(epochs) == 1:   # one point: MaxNLocator would label 0.945 .. 1.050
+        ax.set_xticks(epochs)
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
 
 
@@ -80,7 +95,7 @@ def plot_loss(rows, path, cuts=None) -> Path:
         ax.set_yscale("log")  # a diverging loss would flatten the rest of the curve to a line
     ax.set_title("Loss")
     ax.set_ylabel("cross-entropy")
-    _epoch_axis(ax)
+    _epoch_axis(ax, rows)
     ax.legend(loc="best", fontsize=9)
     return _save(fig, path)
 
@@ -101,7 +116,7 @@ def plot_accuracy(rows, path, cuts=None, test_acc=None) -> Path:
     _mark_cuts(ax, cuts, rows)
     ax.set_title("Accuracy")
     ax.set_ylabel("%")
-    _epoch_axis(ax)
+    _epoch_axis(ax, rows)
     ax.legend(loc="best", fontsize=9)
     return _save(fig, path)
 
@@ -120,7 +135,7 @@ def plot_lr(rows, path, cuts=None) -> Path:
                     textcoords="offset points", xytext=(4, 6), fontsize=8)
     ax.set_title("Learning rate (end of epoch)")
     ax.set_ylabel("lr")
-    _epoch_axis(ax)
+    _epoch_axis(ax, rows)
     return _save(fig, path)
 
 
@@ -136,7 +151,7 @@ def plot_confusion(cm, classes, path) -> Path:
     cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cb.set_label("% of the true class (row)")
     small = c > ANNOTATE_MAX_CLASSES
-    labels = [name if len(name) <= 14 else name[:13] + "…" for name in classes]
+    labels = [_short(name, 14) for name in classes]
     ax.set_xticks(range(c))
     ax.set_yticks(range(c))
     ax.set_xticklabels(labels, rotation=90 if small else 45, ha="center" if small else "right",
@@ -185,7 +200,7 @@ def plot_image_grid(images, items: list[dict[str, Any]], classes, path, title: s
     canvas = np.full((nrows * cell_h + pad // 2, cols * cell_w, 3), 255, np.uint8)
     fig = _figure(canvas.shape[1] / DPI, canvas.shape[0] / DPI + 0.35)
     ax = fig.add_axes((0, 0, 1, canvas.shape[0] / (canvas.shape[0] + 0.35 * DPI)))
-    short = [name if len(name) <= 11 else name[:10] + "…" for name in classes]
+    short = [_short(name, 11) for name in classes]
     captions = []
     for k, item in enumerate(items):
         r, c = divmod(k, cols)
@@ -203,7 +218,7 @@ def plot_image_grid(images, items: list[dict[str, Any]], classes, path, title: s
     for x, y, text, colour in captions:
         ax.text(x, y, text, ha="center", va="bottom", fontsize=9, color=colour, linespacing=1.15)
     ax.set_axis_off()
-    fig.suptitle(title, fontsize=10, y=0.995, va="top")
+    fig.suptitle(plain(title), fontsize=10, y=0.995, va="top")
     fig.savefig(Path(path), format="png", dpi=DPI, facecolor="white")
     return Path(path)
 

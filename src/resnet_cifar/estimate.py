@@ -1,0 +1,108 @@
+"""CPU-aware start: what the device is, and whether the chosen recipe fits in a sitting.
+
+`device_description(device)` names the processor or GPU for the first line of `train`.
+`probe_flops_per_second(model, device)` times one forward + backward of a few random images on a
+copy of the model (a second or two for ResNet-18 on a CPU, so the answer comes within seconds,
+not after the first real steps); the global RNG, the model and its BN statistics are untouched,
+so a run with the probe follows the same trajectory as one without. `estimated_seconds` turns the
+recipe's training FLOPs into time at that rate, and `long_run_advice` says so when it is more than
+`LONG_RUN_SECONDS` and points at the `speedrun` preset. The probe measures a tiny batch, so it
+is a rough guide (it tends to underestimate the throughput of full batches).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .compute import forward_macs, train_flops
+
+LONG_RUN_SECONDS = 2 * 3600
+SPEEDRUN_MEASURED = "not measured yet"   # the preset's CPU time and accuracy, once a session has measured them
+
+
+def cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "Apple GPU (mps)"
+    return f"CPU {cpu_model_name()} ({os.cpu_count()} logical cores, {torch.get_num_threads()} threads)"
+
+
+def probe_flops_per_second(model: torch.nn.Module, device: torch.device, batch: int = 8,
+                           channels_last: bool = True, image_size: int = 32) -> float:
+    """Training FLOP/s of one timed forward + backward (after one untimed) on a copy of `model`.
+
+    The copy runs in eval mode (BN from its running statistics, a few % cheaper than batch statistics):
+    a training-mode forward is the run's own business (hooks and tests count them)."""
+    probe = copy.deepcopy(model).to(device).eval()
+    macs = forward_macs(probe)
+    fork = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork):
+        x = torch.randn(batch, 3, image_size, image_size, device=device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        seconds = 0.0
+        for timed in (False, True):
+            t0 = time.perf_counter()
+            out = probe(x)
+            F.cross_entropy(out.float(), torch.zeros(batch, dtype=torch.long, device=device)).backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds = time.perf_counter() - t0 if timed else seconds
+    return train_flops(macs, batch) / max(seconds, 1e-9)
+
+
+def estimated_seconds(macs_per_image: int, images: int, flops_per_second: float) -> float:
+    return train_flops(macs_per_image, images) / flops_per_second
+
+
+def _fmt(seconds: float) -> str:
+    h, m = divmod(int(round(seconds / 60)), 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m"
+
+
+def speedrun_command(dataset: str, data_dir: str) -> str:
+    return f"resnet-cifar train --preset speedrun --dataset {dataset} --data-dir {data_dir}"
+
+
+def long_run_advice(seconds: float, device: torch.device, dataset: str, data_dir: str,
+                    limit: float = LONG_RUN_SECONDS, preset: str = "") -> str | None:
+    """None when the estimate is within `limit` or the device is not a CPU; else the advice, one line."""
+    if device.type != "cpu" or seconds <= limit:
+        return None
+    head = f"this recipe needs about {_fmt(seconds)} on this CPU (a rough estimate from a quick probe)"
+    if preset == "speedrun":
+        return head
+    return (f"{head}; for a ResNet in less compute try: {speedrun_command(dataset, data_dir)} "
+            f"(its time and accuracy on a CPU: {SPEEDRUN_MEASURED})")
+
+
+def cpu_advice(cfg, num_classes: int, num_train: int, device: torch.device) -> str | None:
+    """`long_run_advice` for a config about to train `num_train` images on `device` (None off the CPU)."""
+    if device.type != "cpu":
+        return None
+    from .models import build_model
+
+    with torch.random.fork_rng(devices=[]):      # the run's initialisation stays what it would be
+        model = build_model(cfg.model, num_classes, cfg.width, cfg.zero_init_residual)
+    model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+    rate = probe_flops_per_second(model, device, channels_last=cfg.channels_last)
+    seconds = estimated_seconds(forward_macs(model), num_train * cfg.epochs, rate)
+    return long_run_advice(seconds, device, cfg.dataset, cfg.data_dir, preset=cfg.preset)
