@@ -127,9 +127,9 @@ def _resume_and_compare(run: Path, baseline, monkeypatch, capsys):
     before = ckpt.load(run / "checkpoints" / "last.pt")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     calls = _count_training_forwards(monkeypatch)
-    code, out, err = run_main(["train", "--resume", str(run), "--device", "cpu"], capsys)
+    code, _, err = run_main(["train", "--resume", str(run), "--device", "cpu"], capsys)
     assert code == 0, err
-    assert f"resuming {run} at epoch {before['epoch'] + 1}, batch {before['batch'] + 1} " in out
+    assert f"resuming {run} at epoch {before['epoch'] + 1}, batch {before['batch'] + 1} " in err
     assert calls["n"] == STEPS - before["step"]  # continued from the checkpoint, did not restart
     assert_same_tensors(model_state(run / "checkpoints" / "last.pt"), baseline["last"])
     assert_same_tensors(model_state(run / "checkpoints" / "best.pt"), baseline["best"])

@@ -82,9 +82,9 @@ def test_resume_of_a_finished_run_says_so(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     out = io.StringIO()
     runs.train(tiny_config(out=str(run), epochs=1, dataset="folder"), progress=Console(io.StringIO(), bar=False, out=out))
-    out = io.StringIO()
-    runs.train(resume=run, progress=Console(io.StringIO(), bar=False, out=out))
-    assert f"resuming {run}: all 1 epoch are trained; finishing the run" in out.getvalue()
+    err = io.StringIO()
+    runs.train(resume=run, progress=Console(err, bar=False, out=io.StringIO()))
+    assert f"resuming {run}: all 1 epoch are trained; finishing the run" in err.getvalue()
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """How a run shows itself while it trains: a tqdm bar on a terminal, plain lines in a log.
 
-Where each line goes: the run's record (the header, one summary per epoch, the result) on stdout,
-so `resnet-cifar train > train.log` keeps the whole history; the live bar, estimates, notes and
-warnings on stderr. The engine calls these hooks and never prints. Live numbers come from device
+Where each line goes: the run's record (one summary per epoch; the CLI adds the result) on stdout,
+so `resnet-cifar train > train.log` keeps the whole history; the header, the live bar, estimates,
+notes and warnings on stderr. The engine calls these hooks and never prints. Live numbers come from device
 tensors; they are read at most every `refresh` seconds because each read is a CPU-GPU sync point.
 """
 

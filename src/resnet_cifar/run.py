@@ -168,15 +168,13 @@ def train(cfg: Config | None = None, *, resume: str | Path | None = None, device
         first = plan.runs[0].cfg
         runtime.configure_threads()
         device = engine.setup(first, world)  # the device, flags and the world's refusals, before any data is loaded
-        progress.log(f"device: {device_description(device)}")
-        data = _load_data(first, world, progress.log)
-        n_train = check_split_sizes(len(data.train_y), first.val_size, first.train_subset)  # before anything is printed
+        first_line = _FirstLine(progress.log, f"device: {device_description(device)}")
+        data = _load_data(first, world, first_line.log)
+        n_train = check_split_sizes(len(data.train_y), first.val_size, first.train_subset)  # before the header
         if world.is_main:
             take_run_dir(plan)
-            _announce(plan, n_train, world, progress)
-            advice = cpu_advice(first, data.num_classes, n_train, device)
-            if advice:
-                progress.log(advice)
+            first_line.flush()
+            _announce(plan, n_train, world, progress, cpu_advice(first, data.num_classes, n_train, device))
         try:
             for r in plan.runs:
                 _train_one(r, data, world, progress, on_result)
@@ -189,16 +187,32 @@ def train(cfg: Config | None = None, *, resume: str | Path | None = None, device
     return plan
 
 
-def _announce(plan: Plan, n_train: int, world, progress) -> None:
-    """The run's header and where a resume continues (stdout: the run's record), then what the schedule
-    changed for a short run (stderr: notes)."""
+class _FirstLine:
+    """The device line comes first: before the first line data loading prints, else (`flush`) before the
+    header, once the sizes are checked; so a refused --val-size is the only line of its run."""
+
+    def __init__(self, log: Callable[[str], None], line: str):
+        self._log, self._line = log, line
+
+    def flush(self) -> None:
+        if self._line is not None:
+            line, self._line = self._line, None
+            self._log(line)
+
+    def log(self, message: str) -> None:
+        self.flush()
+        self._log(message)
+
+
+def _announce(plan: Plan, n_train: int, world, progress, advice: str | None) -> None:
+    """The run's header, the CPU advice, where a resume continues, what the schedule changed for a
+    short run (stderr: the run's record on stdout is its epochs and result)."""
     first = plan.runs[0]
-    progress.record(_describe(first.cfg, n_train, world, plan.out))
+    progress.log(_describe(first.cfg, n_train, world, plan.out))
     resuming = _resuming(first) if plan.resume else None
-    if resuming:
-        progress.record(resuming)
-    for note in schedule_plan(first.cfg).notes:
-        progress.log(note)
+    for line in (advice, resuming, *schedule_plan(first.cfg).notes):
+        if line:
+            progress.log(line)
 
 
 def _resuming(r: Planned) -> str | None:
