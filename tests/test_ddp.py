@@ -106,7 +106,7 @@ def test_world_from_torchrun_environment(monkeypatch):
 
 
 def test_restart_marker_only_matches_a_restart_of_the_same_job(tmp_path, monkeypatch):
-    from resnet_cifar.run import check_out as _check_out
+    from resnet_cifar.rundir import check_out as _check_out
 
     run = tmp_path / "run"
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-a")

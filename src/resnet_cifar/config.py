@@ -29,6 +29,9 @@ COMPILE_MODES = ("auto", "on", "off")
 PAD_MODES = ("reflect", "zeros")
 TTA_MODES = ("flip", "flip_translate")    # tta.py: 2 views (probabilities averaged) | airbench's 6 (logits)
 
+MAX_LR = 100.0       # the tutorial's lr is 0.1; large-batch recipes stay below 10
+LR_NOTE = " (a learning rate: the tutorial's is 0.1)"
+
 # Flag groups of `train --help`, in this order.
 GROUPS = ("data", "model", "optimisation", "averaging", "runtime", "run directory")
 
@@ -87,10 +90,14 @@ class Config:
                                                   "x --accum-steps (the lr is never rescaled silently)", ge=1)
     accum_steps: int = option(1, "optimisation", "split each batch into this many micro-batches", ge=1)
     optimizer: str = option("sgd", "optimisation", "optimizer", choices=OPTIMIZERS)
-    lr: float = option(0.1, "optimisation", "peak learning rate (after warm-up)", ge=0, gt=0)
+    # Upper bounds of rates (MAX_LR) and decays: far above any recipe, far below float32's 3.4e38,
+    # where the optimizer's update overflowed with a traceback (`--lr 1e308`).
+    lr: float = option(0.1, "optimisation", "peak learning rate (after warm-up)", ge=0, gt=0, le=MAX_LR,
+                       note=LR_NOTE)
     momentum: float = option(0.9, "optimisation", "SGD momentum", ge=0, lt=1)
     nesterov: bool = option(False, "optimisation", "Nesterov momentum (SGD)")
-    weight_decay: float = option(5e-4, "optimisation", "L2 weight decay", ge=0)
+    weight_decay: float = option(5e-4, "optimisation", "L2 weight decay", ge=0, le=10,
+                                 note=" (5e-4 is the tutorial's)")
     no_bn_decay: bool = option(False, "optimisation", "weight decay on BN parameters and biases too "
                                                       "(--no-bn-decay: not on them)",
                                flag="bn-decay", negated=True, aliases=(("--no-no-bn-decay", False),))
@@ -106,12 +113,15 @@ class Config:
     plateau_patience: int = option(10, "optimisation", "plateau: epochs without improvement before a cut", ge=0)
     milestones: list = option([0.5, 0.75], "optimisation", "multistep: where the lr is cut, as fractions of "
                                                            "the epochs", metavar="F,F")
-    gamma: float = option(0.1, "optimisation", "multistep: factor per milestone", ge=0)
-    min_lr: float = option(0.0, "optimisation", "cosine/onecycle: the lr the schedule ends at", ge=0)
+    gamma: float = option(0.1, "optimisation", "multistep: factor per milestone", ge=0, le=1,
+                          note=" (the lr is multiplied by it at each milestone)")
+    min_lr: float = option(0.0, "optimisation", "cosine/onecycle: the lr the schedule ends at", ge=0, le=MAX_LR,
+                           note=LR_NOTE)
     # --- averaging
     swa: bool = option(False, "averaging", "stochastic weight averaging for the last part of training")
-    swa_start: float = option(0.75, "averaging", "epoch (>= 1) or fraction of the epochs (< 1) where SWA starts", ge=0)
-    swa_lr: float = option(0.01, "averaging", "constant lr during SWA", ge=0)
+    swa_start: float = option(0.75, "averaging", "epoch (>= 1) or fraction of the epochs (< 1) where SWA starts",
+                              ge=0, le=1e9)
+    swa_lr: float = option(0.01, "averaging", "constant lr during SWA", ge=0, le=MAX_LR, note=LR_NOTE)
     ema: float = option(0.0, "averaging", "EMA decay of the weights per step (e.g. 0.999; 0 = off)",
                         metavar="DECAY", ge=0)
     lookahead: bool = option(False, "averaging", "airbench's lookahead: every 5 steps the weights move to a "

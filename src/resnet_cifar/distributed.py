@@ -52,7 +52,11 @@ class World:
 
 
 def world_from_env() -> World:
-    """The torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE), or a single process."""
+    """The torchrun environment (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE), or a single process;
+    a UsageError naming the variable when they are not whole numbers that fit together."""
+    from .preflight import check_torchrun_env
+
+    check_torchrun_env()
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
@@ -113,6 +117,9 @@ def init(world: World, device: torch.device | None = None) -> None:
         torch.cuda.set_device(device)
     if not world.distributed or dist.is_initialized():
         return
+    from .preflight import check_rendezvous_env
+
+    check_rendezvous_env()   # else init_process_group fails with a traceback
     if world.single_node and platform.system() == "Linux" and os.path.isdir("/sys/class/net/lo"):
         # All ranks are on this machine: keep gloo's data sockets on the loopback interface
         # instead of whatever the host name resolves to. (torchrun's own store is not affected.)

@@ -13,18 +13,20 @@ Under torchrun every rank calls it; decisions about files are made on rank 0 and
 
 from __future__ import annotations
 
-import shutil
+import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
+from . import checkpoint as ckpt
 from . import data as data_mod
-from . import distributed, engine, runtime
+from . import distributed, engine, rundir, runtime
 from .config import Config, from_dict
 from .data.split import check_split_sizes
-from .errors import UsageError
+from .engine.signals import signal_name, signals_interrupt
+from .errors import Interrupted, UsageError
 from .estimate import cpu_advice, device_description
 from .progress import Silent, plural
 from .schedule import plan as schedule_plan
@@ -35,7 +37,7 @@ class Planned:
     cfg: Config
     run_dir: Path
     state: dict | None = None       # what it continues from (--resume, a torchrun restart); None: a fresh start
-    results: dict | None = None     # filled in by train()
+    results: dict | None = None     # filled in by train(); set already for a finished seed of a resumed set
 
 
 @dataclass
@@ -44,8 +46,16 @@ class Plan:
     runs: list[Planned] = field(default_factory=list)
     resume: bool = False            # continuing an earlier run (--resume)
     restarting: bool = False        # a torchrun restart of the job that created `out`
-    overwrite: bool = False         # replace `out` (checked by claim_run_dir)
+    overwrite: bool = False         # replace `out` (checked when it is claimed)
     summary: dict | None = None     # --seeds: mean and std over the runs (filled in by train())
+    seeds: list[int] | None = None  # a --seeds set (new or resumed): `out` holds seeds.json and summary.json
+    finished: str | None = None     # --resume of a finished run: what it found; nothing is done
+    claim: rundir.Claim | None = field(default=None, repr=False)   # rank 0's hold on `out` (lock)
+
+    def release(self, refused: bool = False) -> None:
+        if self.claim is not None:
+            self.claim.release(refused)
+            self.claim = None
 
 
 # --------------------------------------------------------------------------------- the rules
@@ -63,38 +73,16 @@ def default_out(cfg: Config) -> str:
     return cfg.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}-{cfg.dataset}"
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """May a new run write into `out`? Empty or missing: yes; a run directory: only with --overwrite."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is a file; choose a directory path")
-    if out.is_dir() and any(p.name != distributed.RESTART_MARKER for p in out.iterdir()):
-        if not overwrite:
-            raise UsageError(f"--out {str(out)!r} exists and is not empty; pass --overwrite to replace it, "
-                             f"--resume {out} to continue it, or choose another --out")
-        if not ((out / "config.yaml").is_file() or (out / "summary.json").is_file()):
-            raise UsageError(f"--overwrite refuses to delete {str(out)!r}: it is not a resnet-cifar run directory")
-
-
-def claim_run_dir(out: Path, overwrite: bool) -> bool:
-    """Rank 0's verdict on a new run's directory: True for a torchrun restart of the job that created
-    it (continue there), False for a directory this run may (re)create; a UsageError otherwise.
-
-    The one place that decides who may write into a run directory; nothing is written here.
-    """
-    if distributed.is_restart_of(out):
-        return True
-    check_out(out, overwrite)
-    return False
-
-
 def take_run_dir(plan: Plan) -> None:
-    """Rank 0, once the data is loaded: replace the directory under --overwrite, and mark it as this
-    torchrun job's so that a restart may resume there."""
-    if plan.resume:
-        return
-    if plan.overwrite and plan.out.exists() and not plan.restarting:
-        shutil.rmtree(plan.out)
-    distributed.mark_run_dir(plan.out)
+    """Rank 0, once the data is loaded: replace the directory under --overwrite, write a --seeds set's
+    seeds.json, and mark it as this torchrun job's so that a restart may resume there."""
+    if plan.claim is not None:
+        plan.claim.replace_old()
+    if plan.seeds and not plan.resume:
+        engine.write_json(plan.out / rundir.SEEDS_FILE, {"format": ckpt.FORMAT, "seeds": plan.seeds,
+                                                         "config": replace(plan.runs[0].cfg, seed=0).to_dict()})
+    if not plan.resume:
+        distributed.mark_run_dir(plan.out)
 
 
 def restart_state(run_dir: Path, cfg: Config) -> dict | None:
@@ -108,16 +96,105 @@ def restart_state(run_dir: Path, cfg: Config) -> dict | None:
     return state
 
 
+def finished_results(run_dir: Path) -> dict | None:
+    """results.json of a run that has ended (it is written last, atomically), else None."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return results if isinstance(results, dict) else None
+
+
+def _claimed(plan_fn: Callable[[], Plan], path: Path, world, **claim_args) -> Plan:
+    """plan_fn() on rank 0 under a fresh claim of `path` (released again if planning fails); every rank
+    gets the plan, rank 0's with the claim in it (the others' copies are sent without it)."""
+    box = {}
+
+    def on_rank_0() -> Plan:
+        c = rundir.claim(path, **claim_args)
+        try:
+            plan = plan_fn()
+        except BaseException:
+            c.release(refused=True)
+            raise
+        box["claim"] = c
+        return plan
+
+    plan = distributed.on_main(on_rank_0, world)
+    plan.claim = box.get("claim")
+    return plan
+
+
 # --------------------------------------------------------------------------------- the plan
 def plan_resume(run_dir: str | Path, *, device: str | None = None, world=None) -> Plan:
-    """Continue the run in run_dir with its saved config (only the device may change)."""
+    """Continue the run in run_dir with its saved config (only the device may change); a --seeds set's
+    parent continues its unfinished seeds. A finished run or set is left as it is (`Plan.finished`)."""
     world = world or distributed.World()
-    state = distributed.on_main(lambda: engine.load_resume_state(run_dir), world)
+    out = Path(run_dir)
+    finished = distributed.on_main(lambda: _finished(out), world)
+    if finished:
+        return Plan(out=out, resume=True, finished=finished)
+
+    def plan() -> Plan:
+        seeds_file = _seeds_file(out)
+        if seeds_file is not None:
+            return _plan_seeds_resume(out, seeds_file, device)
+        state = engine.load_resume_state(out)
+        rundir.check_config_unedited(out, state["config"])
+        return Plan(out=out, runs=[Planned(_resumed_config(state, device), out, state)], resume=True)
+
+    return _claimed(plan, out, world, command=f"train --resume {out}", resume=True)
+
+
+def resumed_config(run_dir: str | Path, device: str | None = None) -> Config:
+    """The config a --resume of run_dir would continue with (read only: nothing is claimed)."""
+    seeds_file = _seeds_file(Path(run_dir))
+    if seeds_file is not None:
+        return _resumed_config({"config": seeds_file["config"]}, device)
+    return _resumed_config(engine.load_resume_state(run_dir), device)
+
+
+def _finished(out: Path) -> str | None:
+    """What a finished run (or --seeds set) in `out` says of itself, None when it is not finished."""
+    seeds_file = _seeds_file(out)
+    if seeds_file is not None:
+        done = (out / "summary.json").is_file() and all(finished_results(out / f"seed-{s}") is not None
+                                                       for s in seeds_file["seeds"])
+        return f"all {len(seeds_file['seeds'])} seeds are finished (summary.json)" if done else None
+    results = finished_results(out)
+    return None if results is None else f"it ended after {results.get('epochs')} epochs (results.json)"
+
+
+def _seeds_file(out: Path) -> dict | None:
+    try:
+        data = json.loads((out / rundir.SEEDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(data, dict) and data.get("format") == ckpt.FORMAT and isinstance(data.get("config"), dict)
+          and isinstance(data.get("seeds"), list) and all(type(s) is int and s >= 0 for s in data["seeds"]))
+    return data if ok else None
+
+
+def _resumed_config(state: dict, device: str | None) -> Config:
     saved = dict(state["config"])
     if device:
         saved["device"] = device
-    out = Path(run_dir)
-    return Plan(out=out, runs=[Planned(from_dict(saved), out, state)], resume=True)
+    return from_dict(saved)
+
+
+def _plan_seeds_resume(out: Path, seeds_file: dict, device: str | None) -> Plan:
+    """Finished seeds are kept as they are, an interrupted one resumes, the rest start."""
+    base = _resumed_config({"config": seeds_file["config"]}, device)
+    runs = []
+    for s in seeds_file["seeds"]:
+        d = out / f"seed-{s}"
+        r = Planned(replace(base, seed=s, out=str(d)), d, results=finished_results(d))
+        if r.results is None and (d / "checkpoints" / "last.pt").is_file():
+            r.state = engine.load_resume_state(d)
+            rundir.check_config_unedited(d, r.state["config"])
+            r.cfg = _resumed_config(r.state, device)
+        runs.append(r)
+    return Plan(out=out, runs=runs, resume=True, seeds=list(seeds_file["seeds"]))
 
 
 def _absolute(path: str) -> str:
@@ -135,21 +212,27 @@ def plan_new(cfg: Config, *, seeds: list[int] | None = None, overwrite: bool = F
     # The run records where its data is as an absolute path: `evaluate RUN` works from any directory.
     cfg = replace(cfg, data_dir=_absolute(cfg.data_dir))
     out = Path(distributed.on_main(lambda: default_out(cfg), world))
-    restarting = distributed.on_main(lambda: claim_run_dir(out, overwrite), world)
+    restarting = distributed.on_main(lambda: distributed.is_restart_of(out), world)
     if seeds:
         runs = [Planned(replace(cfg, seed=s, out=str(out / f"seed-{s}")), out / f"seed-{s}") for s in seeds]
     else:
         runs = [Planned(cfg, out)]
-    if restarting:  # torchrun --max-restarts brought us back: continue from the last checkpoints
-        for r in runs:
-            r.state = distributed.on_main(lambda r=r: restart_state(r.run_dir, r.cfg), world)
-            log(f"torchrun restart {distributed.restart_count()}: " + (
-                f"resuming {r.run_dir} from epoch {r.state['epoch']} batch {r.state['batch']} (checkpoints/last.pt)"
-                if r.state else f"no checkpoint in {r.run_dir} yet; starting it again"))
-    elif distributed.max_restarts() > 0 and not cfg.out:
-        log("warning: torchrun --max-restarts without --out: the default run directory is named "
-            "after the start time, so a restart cannot find it; pass --out to resume on restarts")
-    return Plan(out=out, runs=runs, restarting=restarting, overwrite=overwrite)
+    plan = _claimed(lambda: Plan(out=out, runs=runs, restarting=restarting, overwrite=overwrite, seeds=seeds),
+                    out, world, command=f"train --out {out}", overwrite=overwrite, resume=restarting)
+    try:
+        if restarting:  # torchrun --max-restarts brought us back: continue from the last checkpoints
+            for r in plan.runs:
+                r.state = distributed.on_main(lambda r=r: restart_state(r.run_dir, r.cfg), world)
+                log(f"torchrun restart {distributed.restart_count()}: " + (
+                    f"resuming {r.run_dir} from epoch {r.state['epoch']} batch {r.state['batch']} "
+                    "(checkpoints/last.pt)" if r.state else f"no checkpoint in {r.run_dir} yet; starting it again"))
+        elif distributed.max_restarts() > 0 and not cfg.out:
+            log("warning: torchrun --max-restarts without --out: the default run directory is named "
+                "after the start time, so a restart cannot find it; pass --out to resume on restarts")
+    except BaseException:
+        plan.release(refused=True)
+        raise
+    return plan
 
 
 # --------------------------------------------------------------------------------- the runs
@@ -157,7 +240,10 @@ def train(cfg: Config | None = None, *, resume: str | Path | None = None, device
           seeds: list[int] | None = None, overwrite: bool = False, world=None, progress=None,
           on_result: Callable[[dict, Path], None] | None = None) -> Plan:
     """Train `cfg` (one run per seed with seeds), or continue the run in `resume`; returns the plan with
-    every run's results (and the seeds' summary). on_result(results, run_dir): after each run, rank 0."""
+    every run's results (and the seeds' summary). on_result(results, run_dir): after each run, rank 0.
+
+    The run directory is claimed first (checked, created, locked) and held to the end; only then is
+    the data loaded. A --resume of a finished run changes nothing and returns with `finished` set."""
     world = world or distributed.world_from_env()
     progress = progress or Silent()
     with distributed.process_group(world):  # first: every decision below is made once, on rank 0, and shared
@@ -165,26 +251,44 @@ def train(cfg: Config | None = None, *, resume: str | Path | None = None, device
             plan = plan_resume(resume, device=device, world=world)
         else:
             plan = plan_new(cfg, seeds=seeds, overwrite=overwrite, world=world, log=progress.log)
-        first = plan.runs[0].cfg
-        runtime.configure_threads()
-        device = engine.setup(first, world)  # the device, flags and the world's refusals, before any data is loaded
-        first_line = _FirstLine(progress.log, f"device: {device_description(device)}")
-        data = _load_data(first, world, first_line.log)
-        n_train = check_split_sizes(len(data.train_y), first.val_size, first.train_subset)  # before the header
-        if world.is_main:
-            take_run_dir(plan)
-            first_line.flush()
-            _announce(plan, n_train, world, progress, cpu_advice(first, data.num_classes, n_train, device))
+        if plan.finished:
+            progress.log(f"{plan.out} is finished: {plan.finished}; nothing to resume, nothing changed "
+                         "(to train longer, start a new run with more --epochs)")
+            return plan
         try:
-            for r in plan.runs:
-                _train_one(r, data, world, progress, on_result)
+            _train_plan(plan, world, progress, on_result)
+        except BaseException:
+            plan.release()
+            raise
         finally:
             progress.close()  # a stop mid-epoch: the bar is cleared, so the stop message starts its own line
-        if len(plan.runs) > 1 and world.is_main:
-            plan.summary = write_seed_summary(plan.out, [(r.cfg.seed, r.run_dir, r.results) for r in plan.runs])
-            if first.report:
-                build_report(plan.out, progress.log)
+        plan.release()
     return plan
+
+
+def _train_plan(plan: Plan, world, progress, on_result) -> None:
+    for note in plan.claim.notes() if plan.claim is not None else []:
+        progress.log(note)
+    first = plan.runs[0].cfg
+    runtime.configure_threads()
+    device = engine.setup(first, world)  # the device, flags and the world's refusals, before any data is loaded
+    first_line = _FirstLine(progress.log, f"device: {device_description(device)}")
+    data = _load_data(first, world, first_line.log)
+    n_train = check_split_sizes(len(data.train_y), first.val_size, first.train_subset)  # before the header
+    if world.is_main:
+        take_run_dir(plan)
+        first_line.flush()
+        _announce(plan, n_train, world, progress, cpu_advice(first, data.num_classes, n_train, device))
+    for r in plan.runs:
+        if r.results is None:
+            if plan.claim is not None:
+                plan.claim.check_alive()
+            _train_one(r, data, world, progress, on_result)
+    if plan.seeds and world.is_main:
+        plan.claim.check_alive()
+        plan.summary = write_seed_summary(plan.out, [(r.cfg.seed, r.run_dir, r.results) for r in plan.runs])
+        if first.report:
+            build_report(plan.out, progress.log)
 
 
 class _FirstLine:
@@ -209,7 +313,7 @@ def _announce(plan: Plan, n_train: int, world, progress, advice: str | None) -> 
     short run (stderr: the run's record on stdout is its epochs and result)."""
     first = plan.runs[0]
     progress.log(_describe(first.cfg, n_train, world, plan.out))
-    resuming = _resuming(first) if plan.resume else None
+    resuming = next((_resuming(r) for r in plan.runs if r.state is not None), None) if plan.resume else None
     for line in (advice, resuming, *schedule_plan(first.cfg).notes):
         if line:
             progress.log(line)
@@ -256,8 +360,13 @@ def build_report(run_dir: Path, log: Callable[[str], None], data=None) -> None:
         from .report import build_report as build
     except ImportError:
         return
+    stopped = (lambda s: f"stopped by {signal_name(s)} during the report: results.json and the checkpoints are "
+               f"complete; `resnet-cifar report {run_dir}` builds it again")
     try:
-        build(run_dir, images=data, log=log)  # the images in memory: no reload; it names its index.html
+        with signals_interrupt(stopped):
+            build(run_dir, images=data, log=log)  # the images in memory: no reload; it names its index.html
+    except Interrupted:
+        raise
     except Exception as e:  # noqa: BLE001 - the training result stands even if the report fails
         log(f"warning: the report could not be built ({type(e).__name__}: {e}); "
             f"retry with `resnet-cifar report {run_dir}`")
@@ -268,7 +377,7 @@ def write_seed_summary(out: Path, all_results) -> dict:
     metric = "test_acc" if all(r["test_acc"] is not None for _, _, r in all_results) else "best_val_acc"
     values = [r[metric] for _, _, r in all_results if r[metric] is not None]
     summary = {
-        "metric": metric, "seeds": [s for s, _, _ in all_results],
+        "format": ckpt.FORMAT, "metric": metric, "seeds": [s for s, _, _ in all_results],
         "runs": [{"seed": s, "dir": d.name, "test_acc": r["test_acc"], "best_val_acc": r["best_val_acc"]}
                  for s, d, r in all_results],
         "mean": statistics.fmean(values) if values else None,

@@ -55,7 +55,7 @@ def run(args) -> int:
         cfg = resolve(file_values, flags, args.preset)
     seeds = runs.parse_seeds(args.seeds) if args.seeds else None
     if args.print_config:
-        return _print_config(cfg if cfg is not None else runs.plan_resume(args.resume, device=args.device).runs[0].cfg)
+        return _print_config(cfg if cfg is not None else runs.resumed_config(args.resume, args.device))
     world = world_from_env()
     plan = runs.train(cfg, resume=args.resume, device=args.device if args.resume else None, seeds=seeds,
                       overwrite=args.overwrite, world=world, progress=Console() if world.is_main else Silent(),

@@ -65,6 +65,7 @@ def fit(cfg: Config, data: Dataset, run_dir: str | Path, *, progress=None, resum
     trainer = Trainer(cfg, data, run_dir, progress=progress, resume_state=resume_state, world=world)
     if world.is_main:  # after the Trainer's checks: a refused config leaves no run directory behind
         prepare_run_dir(run_dir, cfg)
+        trainer.dir_made = True
     return trainer.run()
 
 

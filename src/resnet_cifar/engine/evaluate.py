@@ -121,5 +121,14 @@ def evaluate_checkpoint(state: dict, data: Dataset, *, split: str = "test", tta:
     result = ev(model, x.to(dev), y.to(dev), tta=tta, tta_mode=cfg.tta_mode)
     result["per_class_acc"] = dict(zip(data.classes, result["per_class_acc"], strict=True))
     result.update({"split": split, "tta": tta, "checkpoint": state.get("path"), "model": state["model_args"]["name"],
-                   "dataset": data.name, "device": str(dev)})
+                   "dataset": data.name, "device": str(dev), "data_differs": data_differs(state, data, split)})
     return result
+
+
+def data_differs(state: dict, data: Dataset, split: str) -> list[str]:
+    """How the images `split` is built from differ from the run's (its checkpoint's fingerprint):
+    the validation split is carved from the train images, so for it those count."""
+    from ..data import fingerprint
+
+    return fingerprint.differences(state.get("data_fingerprint"), fingerprint.of_dataset(data),
+                                   splits=("train",) if split == "val" else ("test",))

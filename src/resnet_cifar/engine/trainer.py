@@ -18,14 +18,15 @@ from .. import checkpoint as ckpt
 from .. import compute, finite, runtime
 from .. import distributed as distm
 from ..config import Config
-from ..data import Dataset
+from ..data import Dataset, fingerprint
 from ..errors import CheckpointError, Interrupted, WorkError, first_line
 from ..progress import Silent
+from ..rundir import check_alive
 from . import results as out
 from . import step as step_mod
 from .best import BestWeights
 from .parts import build_parts, wrap_for_training
-from .signals import StopFlag, signal_name
+from .signals import StopFlag, signal_name, signals_interrupt
 from .state import RunState, validate_resume
 from .sums import Sums
 
@@ -65,11 +66,14 @@ class Trainer:
         self._peer_stop = False   # DDP: some rank caught SIGINT/SIGTERM (agreed via distm.agree_step)
         self.watch = finite.FiniteWatch(self.device)
         self.check_every = finite.check_every(self.device)
+        # which images, labels and order the run trains on: in every checkpoint, for --resume and evaluate
+        self.data_fingerprint = fingerprint.of_dataset(data) if (self.world.is_main or resume_state) else None
         if resume_state is not None:
             self._load_state(resume_state)
         p.step.accum_steps = self.state.accum_steps
         p.step.model = self.train_model = wrap_for_training(self.model, cfg, self.device, self.world, self.progress.log)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.dir_made = False    # set by `fit` (prepare_run_dir) or the first save; see check_dir
         if self.world.is_main and self.ckpt_dir.is_dir():
             for f in ckpt.remove_leftover_temps(self.ckpt_dir):
                 self.progress.log(f"removed {f.name}, left by a save that was interrupted")
@@ -82,7 +86,7 @@ class Trainer:
             "model_source": source,
             "model_args": {"name": self.cfg.model, "num_classes": self.data.num_classes, "width": self.cfg.width},
             "classes": list(self.data.classes), "mean": list(self.data.mean), "std": list(self.data.std),
-            "dataset": self.data.name, "config": self.cfg.to_dict(),
+            "dataset": self.data.name, "config": self.cfg.to_dict(), "data_fingerprint": self.data_fingerprint,
             "optimizer": p.optimizer.state_dict(), "schedule": p.schedule.state_dict(),
             "scaler": p.scaler.state_dict(),
             "swa": self.swa.state_dict() if self.swa is not None else None,
@@ -109,16 +113,28 @@ class Trainer:
         except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
             raise CheckpointError(f"checkpoint {state.get('path', 'last.pt')!r} does not match this run: "
                                   f"{first_line(e, 200, type(e).__name__)}") from None
+        fingerprint.check_same(state, self.data_fingerprint)   # on every rank: the same verdict everywhere
         self.state.load_state_dict(state)
 
     def save(self, name: str, model_state: dict | None = None, source: str = "raw") -> None:
         if not self.world.is_main:
             return
+        self.check_dir()
         target = self.model.state_dict() if model_state is None else model_state  # EMA/SWA weights too
         if not _all_finite(target):
             raise WorkError(f"weights became non-finite at step {self.state.step}; not saving {name} "
                             "(the previous checkpoint is intact); lower --lr or use --amp off")
-        ckpt.save(self.state_dict(model_state, source), self.ckpt_dir / name)
+        try:
+            ckpt.save(self.state_dict(model_state, source), self.ckpt_dir / name)
+        except CheckpointError:
+            self.check_dir()   # deleted while saving: say that, not "disk full"
+            raise
+        self.dir_made = True
+
+    def check_dir(self) -> None:
+        """Once the run directory exists, its disappearance stops the run (not a silent re-creation)."""
+        if self.dir_made:
+            check_alive(self.run_dir)
 
     # ------------------------------------------------------------------ the step
     def lr(self) -> float:
@@ -267,36 +283,46 @@ class Trainer:
             if swa_val is not None:
                 self.state.history[-1]["swa_val_acc"] = swa_val["acc"]
                 if self.world.is_main:
+                    self.check_dir()
                     out.write_metrics(self.run_dir / "metrics.csv", self.state.history)
         final = ("ema", self.ema.module) if self.ema is not None else ("raw", self.model)
         self.best.finish(self.cfg.epochs, has_val=self.splits.val_x is not None, swa=swa, final=final)
         self.save("last.pt")
-        # The test split, evaluated once, on the weights chosen on validation (rank 0 only writes it).
-        best_model = self._best_model()
-        ev = (out.final_evaluation(best_model, self.parts.evaluator, self.splits, tta=self.cfg.tta, classes=self.data.classes,
-                                   tta_mode=self.cfg.tta_mode) if self.world.is_main else out.empty_evaluation())
-        results = {**ev["results"], **self.best.results(), **self._facts()}
-        if self.world.is_main:
-            out.write_predictions(self.run_dir / "predictions.npz", ev["predictions"])
-            out.write_json(self.run_dir / "results.json", results)
-        return results
+        with signals_interrupt(lambda s: f"stopped by {signal_name(s)} during the final test: the checkpoints "
+                                         f"are complete; --resume {self.run_dir} runs the test again"):
+            return final_test(self)
 
-    def _facts(self) -> dict:
-        cfg, st, s = self.cfg, self.state, self.splits
-        return {
-            **out.compute_facts(self.parts.macs, cfg, s, st),
-            "epochs": st.epoch, "steps": st.step, "train_seconds": st.elapsed, "time_to_acc": st.time_to_acc,
-            "skipped_steps": st.skipped_steps, "model": cfg.model, "params": self.parts.params,
-            "dataset": self.data.name, "classes": list(self.data.classes), "num_train": len(s.train_y),
-            "num_val": 0 if s.val_y is None else len(s.val_y), "num_test": 0 if s.test_y is None else len(s.test_y),
-            "device": str(self.device), "device_name": runtime.device_name(self.device), "amp": self.amp,
-            "torch_version": str(torch.__version__), "seed": cfg.seed, "world_size": self.world.size,
-            "global_batch": cfg.batch_size, "accum_steps": st.accum_steps,
-            # the schedule as run (schedule.plan: a short run's warm-up and SWA phase, and why)
-            "warmup_epochs": self.parts.warmup_epochs, "swa_start_epoch": self.parts.swa_start,
-            "schedule_notes": list(self.parts.schedule_notes),
-        }
-
-    def _best_model(self) -> torch.nn.Module:
+    def best_model_on_device(self) -> torch.nn.Module:
         state = distm.on_main(lambda: ckpt.load(self.ckpt_dir / "best.pt", map_location="cpu"), self.world)
         return ckpt.build_from_checkpoint(state, self.device, channels_last=self.cfg.channels_last)
+
+
+def run_facts(t: Trainer) -> dict:
+    """What results.json records of the run itself (beside the evaluation and the best-weights choice)."""
+    cfg, st, s = t.cfg, t.state, t.splits
+    return {
+        **out.compute_facts(t.parts.macs, cfg, s, st),
+        "epochs": st.epoch, "steps": st.step, "train_seconds": st.elapsed, "time_to_acc": st.time_to_acc,
+        "skipped_steps": st.skipped_steps, "model": cfg.model, "params": t.parts.params,
+        "dataset": t.data.name, "classes": list(t.data.classes), "num_train": len(s.train_y),
+        "num_val": 0 if s.val_y is None else len(s.val_y), "num_test": 0 if s.test_y is None else len(s.test_y),
+        "device": str(t.device), "device_name": runtime.device_name(t.device), "amp": t.amp,
+        "torch_version": str(torch.__version__), "seed": cfg.seed, "world_size": t.world.size,
+        "global_batch": cfg.batch_size, "accum_steps": st.accum_steps,
+        # the schedule as run (schedule.plan: a short run's warm-up and SWA phase, and why)
+        "warmup_epochs": t.parts.warmup_epochs, "swa_start_epoch": t.parts.swa_start,
+        "schedule_notes": list(t.parts.schedule_notes),
+    }
+
+
+def final_test(t: Trainer) -> dict:
+    """The test split, evaluated once, on the weights chosen on validation (rank 0 only writes it)."""
+    best_model = t.best_model_on_device()
+    ev = (out.final_evaluation(best_model, t.parts.evaluator, t.splits, tta=t.cfg.tta, classes=t.data.classes,
+                               tta_mode=t.cfg.tta_mode) if t.world.is_main else out.empty_evaluation())
+    results = {"format": ckpt.FORMAT, **ev["results"], **t.best.results(), **run_facts(t)}
+    if t.world.is_main:
+        t.check_dir()
+        out.write_predictions(t.run_dir / "predictions.npz", ev["predictions"])
+        out.write_json(t.run_dir / "results.json", results)
+    return results
