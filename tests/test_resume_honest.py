@@ -77,14 +77,16 @@ def test_a_stop_mid_epoch_clears_the_bar_so_the_message_starts_its_own_line(tmp_
     assert "error" not in str(e.value)
 
 
-def test_resume_of_a_finished_run_says_so(tmp_path, monkeypatch, capsys):
+def test_resume_after_the_last_epoch_says_it_only_finishes(tmp_path, monkeypatch, capsys):
+    """As after a stop during the final test: all epochs trained, no results.json yet."""
     monkeypatch.setattr(runs.data_mod, "load_dataset", lambda *a, **k: tiny_dataset(n_per_class=6))
     run = tmp_path / "run"
-    out = io.StringIO()
-    runs.train(tiny_config(out=str(run), epochs=1, dataset="folder"), progress=Console(io.StringIO(), bar=False, out=out))
+    runs.train(tiny_config(out=str(run), epochs=1, dataset="folder"), progress=Console(io.StringIO(), bar=False))
+    (run / "results.json").unlink()
     err = io.StringIO()
     runs.train(resume=run, progress=Console(err, bar=False, out=io.StringIO()))
     assert f"resuming {run}: all 1 epoch are trained; finishing the run" in err.getvalue()
+    assert (run / "results.json").is_file()
 
 
 @pytest.mark.slow
