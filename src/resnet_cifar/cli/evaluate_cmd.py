@@ -72,7 +72,7 @@ def run(args) -> int:
     r = evaluate_checkpoint(state, data, split=split, tta=args.tta, device=args.device,
                             batch_size=args.batch_size)
     if r["data_differs"]:
-        what = ("so this validation split is not the run's: training images may be among it" if args.split == "val"
+        what = ("so this validation split is not the run's: training images may be among it" if split == "val"
                 else "so these are not the images the run was tested on")
         stderr_log(f"warning: the data differ from the run's ({'; '.join(r['data_differs'][:3])}), {what}")
     if args.json:
