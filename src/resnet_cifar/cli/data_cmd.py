@@ -34,17 +34,14 @@ def add_parser(sub) -> None:
     v.set_defaults(run=run_preview)
 
 
-def _resolve_data_args(args, quiet: bool = False) -> None:
+def _resolve_data_args(args) -> None:
     """--data-dir defaults to ./data; a left-out --dataset is what the directory's layout shows
-    (an image folder, a CIFAR folder or archive), else cifar10."""
+    (an image folder, a CIFAR folder or archive), else cifar10. The output names the dataset."""
     from ..data import detect_dataset
 
     args.data_dir = args.data_dir or "data"
     if args.dataset is None:
-        found = detect_dataset(args.data_dir)
-        args.dataset = found or "cifar10"
-        if found and not quiet:
-            stderr_log(f"--dataset {found} (detected from the layout of {args.data_dir})")
+        args.dataset = detect_dataset(args.data_dir) or "cifar10"
 
 
 def run_download(args) -> int:
@@ -64,7 +61,7 @@ def run_stats(args) -> int:
     from ..data import load_dataset
     from ..data.stats import dataset_stats
 
-    _resolve_data_args(args, quiet=args.json)
+    _resolve_data_args(args)
     t0 = time.perf_counter()
     ds = load_dataset(args.dataset, args.data_dir, log=None if args.json else stderr_log)
     load_s = time.perf_counter() - t0
