@@ -97,6 +97,19 @@ def assert_one_line_error(err: str, *needles: str) -> str:
     return errors[0]
 
 
+def assert_one_line_stop(err: str, signame: str, *needles: str) -> str:
+    """stderr holds exactly one stop line, `resnet-cifar: stopped by SIGNAME ...`, that reads as a stop
+    (no `error:` label), with the needles in it; no traceback."""
+    assert "Traceback" not in err, err
+    stops = [ln for ln in err.splitlines() if "stopped by" in ln]
+    assert len(stops) == 1, err
+    assert stops[0].startswith(f"resnet-cifar: stopped by {signame} "), stops[0]
+    assert "error" not in stops[0], stops[0]
+    for needle in needles:
+        assert needle in stops[0], (needle, stops[0])
+    return stops[0]
+
+
 def subprocess_env() -> dict:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RESNET_CIFAR_NO_PROGRESS="1", PYTHONHASHSEED="0")

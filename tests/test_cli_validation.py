@@ -205,7 +205,7 @@ def test_a_valid_argv_reaches_training(tmp_path, capsys, no_training):
     data = write_folder(tmp_path / "data", n_per_class=1)
     with pytest.raises(_Reached):
         run_main(["train", "--dataset", "folder", "--data-dir", str(data), "--out", str(tmp_path / "run"),
-                  "--model", "resnet20", "--epochs", "1"], capsys)
+                  "--model", "resnet20", "--epochs", "1", "--val-size", "2"], capsys)  # the stub data: 12 images
 
 
 # --------------------------------------------------------------------------- property-based

@@ -79,3 +79,16 @@ def test_split_properties(counts, frac, seed):
     got = torch.bincount(y[va], minlength=len(counts)).tolist()
     for k, c in enumerate(counts):                      # within 1 of the exact proportion
         assert abs(got[k] - val_size * c / n) < 1
+
+
+def test_split_sizes_are_checked_before_any_split():
+    from resnet_cifar.data.split import check_split_sizes
+
+    assert check_split_sizes(500, 50) == 450 and check_split_sizes(500, 50, train_subset=100) == 100
+    assert check_split_sizes(500, 0) == 500
+    with pytest.raises(UsageError, match="--val-size 5000 must be smaller than the 500 training images"):
+        check_split_sizes(500, 5000)
+    with pytest.raises(UsageError, match="--train-subset 451 is more than the 450"):
+        check_split_sizes(500, 50, train_subset=451)
+    with pytest.raises(UsageError, match="--val-size must be 0 or more"):
+        check_split_sizes(500, -1)

@@ -111,3 +111,21 @@ def test_datasets_present_and_verified(tmp_path, monkeypatch):
 def test_unknown_device_is_refused():
     with pytest.raises(UsageError):
         envinfo.collect(device="tpu")
+
+
+def test_text_columns_are_aligned_on_every_branch(tmp_path):
+    """Every value starts at the same column: CPU, a (faked) CUDA device, compile notes, data rows."""
+    from resnet_cifar.cli.env_cmd import LABEL, format_text
+
+    info = envinfo.collect(device="cpu", data_dir=tmp_path)
+    info["cuda"] = {"available": True, "cuda_version": "13.0", "cudnn_version": 91000, "error": None,
+                    "devices": [{"index": 0, "name": "Some GPU", "capability": "9.0", "total_memory_gib": 80.0,
+                                 "free_memory_gib": 79.5, "tensor_check": {"ok": True, "error": None},
+                                 "bf16_supported": True}]}
+    info["compile"]["notes"] = ["no C/C++ compiler on PATH"]
+    lines = [ln for ln in format_text(info).splitlines() if ln.strip()]
+    assert len(lines) > 15
+    for ln in lines:
+        assert ln[LABEL] == " " and ln[LABEL + 1] != " ", ln
+    text = format_text(info)
+    assert "  cuda:0     Some GPU, compute capability 9.0" in text and "  note       no C/C++" in text

@@ -29,8 +29,8 @@ from resnet_cifar import checkpoint as ckpt
 from resnet_cifar import engine
 from resnet_cifar.errors import Interrupted
 from resnet_cifar.models.resnet import CifarResNet
-from reliability_helpers import (assert_one_line_error, assert_same_tensors, model_state, run_main,
-                                      start_cli, tiny_config, tiny_dataset, train_argv, wait_for, write_folder)
+from reliability_helpers import (assert_one_line_stop, assert_same_tensors, model_state, run_main,
+                                 start_cli, tiny_config, tiny_dataset, train_argv, wait_for, write_folder)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
@@ -129,6 +129,7 @@ def _resume_and_compare(run: Path, baseline, monkeypatch, capsys):
     calls = _count_training_forwards(monkeypatch)
     code, _, err = run_main(["train", "--resume", str(run), "--device", "cpu"], capsys)
     assert code == 0, err
+    assert f"resuming {run} at epoch {before['epoch'] + 1}, batch {before['batch'] + 1} " in err
     assert calls["n"] == STEPS - before["step"]  # continued from the checkpoint, did not restart
     assert_same_tensors(model_state(run / "checkpoints" / "last.pt"), baseline["last"])
     assert_same_tensors(model_state(run / "checkpoints" / "best.pt"), baseline["best"])
@@ -153,7 +154,8 @@ def test_kill_9_mid_training_then_resume_equals_an_uninterrupted_run(driven, bas
 
 
 # --------------------------------------------------------------------------- case 5: SIGTERM/SIGINT
-@pytest.mark.parametrize("sig, at_forward, code", [(signal.SIGINT, 7, 130), (signal.SIGTERM, 5, 143)])
+@pytest.mark.parametrize("sig, at_forward, code", [(signal.SIGINT, 7, 130), (signal.SIGTERM, 5, 143),
+                                                   (signal.SIGHUP, 7, 129)])
 def test_signal_in_process_finishes_the_step_then_resume_is_bitwise(tmp_path, baseline, monkeypatch, capsys,
                                                                     sig, at_forward, code):
     """The signal arrives during forward number k: step k still completes (its checkpoint says
@@ -165,7 +167,8 @@ def test_signal_in_process_finishes_the_step_then_resume_is_bitwise(tmp_path, ba
         _count_training_forwards(m, lambda n: os.kill(os.getpid(), sig) if n == at_forward else None)
         got, _, err = run_main(_argv(baseline["data"], run), capsys)
     assert got == code
-    assert_one_line_error(err, f"signal {int(sig)}", "--resume")
+    where = "after epoch 1" if at_forward == 5 else "at epoch 2 batch 2"
+    assert_one_line_stop(err, sig.name, f"signal {int(sig)}", where, "resume with `resnet-cifar train --resume")
     state = ckpt.load(run / "checkpoints" / "last.pt")
     assert state["step"] == at_forward
     assert (state["epoch"], state["batch"]) == ((1, 0) if at_forward == 5 else (1, 2))

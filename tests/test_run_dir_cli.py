@@ -22,6 +22,7 @@ import pytest
 from reliability_helpers import (
     PY,
     assert_one_line_error,
+    assert_one_line_stop,
     run_main,
     start_cli,
     subprocess_env,
@@ -242,7 +243,7 @@ def test_a_signal_during_the_final_test_stops_with_one_line_and_resume_finishes(
         m.setattr(results_mod, "final_evaluation", killed)
         code, _, err = run_main(train_argv(data, run, epochs=1), capsys)
     assert code == 143
-    assert_one_line_error(err, "during the final test", f"--resume {run}")
+    assert_one_line_stop(err, "SIGTERM", "during the final test", f"--resume {run}")
     assert not (run / "results.json").exists() and (run / "checkpoints" / "last.pt").is_file()
     code, _, err = run_main(["train", "--resume", str(run)], capsys)
     assert code == 0, err
@@ -258,7 +259,7 @@ def test_a_signal_during_the_report_stops_with_one_line(tmp_path, data, monkeypa
         m.setattr(report_mod, "build_report", lambda *a, **k: os.kill(os.getpid(), signal.SIGINT) or time.sleep(30))
         code, _, err = run_main(train_argv(data, run, epochs=1, report=True), capsys)
     assert code == 130
-    assert_one_line_error(err, "during the report", f"resnet-cifar report {run}")
+    assert_one_line_stop(err, "SIGINT", "during the report", f"resnet-cifar report {run}")
     assert json.loads((run / "results.json").read_text())["epochs"] == 1
 
 

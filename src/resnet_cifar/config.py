@@ -61,8 +61,8 @@ def option(default: Any, group: str, help: str, *, choices: tuple | None = None,
 @dataclass
 class Config:
     # --- data
-    dataset: str = option("cifar10", "data", "cifar10 | cifar100 | folder (PATH/train/<class>/*.png|jpg)",
-                          choices=DATASETS)
+    dataset: str = option("cifar10", "data", "cifar10 | cifar100 | folder (PATH/train/<class>/*.png|jpg); "
+                          "left out, train recognises it from --data-dir's layout", choices=DATASETS)
     data_dir: str = option("data", "data", "where the dataset lives", metavar="PATH")
     download: bool = option(True, "data", "fetch the official CIFAR archive when it is missing")
     val_size: int = option(5000, "data", "validation images carved from train, stratified (0 = none)", metavar="N",
@@ -83,7 +83,7 @@ class Config:
     mixup_alpha: float = option(0.0, "data", "mixup's Beta(alpha, alpha) (0 = off)", metavar="A", ge=0, le=100)
     cutmix_alpha: float = option(0.0, "data", "cutmix's Beta(alpha, alpha) (0 = off)", metavar="A", ge=0, le=100)
     # --- model
-    model: str = option("resnet18", "model", "architecture; `resnet-cifar summary --help` lists them",
+    model: str = option("resnet18", "model", "architecture; `resnet-cifar models` lists them (params, MACs)",
                         metavar="NAME")
     width: float = option(1.0, "model", "channel multiplier (1.0 = reference; tiny models for tests)", ge=0, gt=0,
                           le=64, note=" (a channel multiplier: 1.0 = reference, 10 = very wide)")
@@ -243,14 +243,24 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as e:  # parse errors of either format
-        first = first_line(e, empty=type(e).__name__)
-        raise UsageError(f"config file {str(p)!r} does not parse: {first}") from None
+        raise UsageError(f"config file {str(p)!r} does not parse: {_parse_error(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"config file {str(p)!r} must hold a mapping of keys to values, got {type(data).__name__}")
     check_plain(data, f"config file {str(p)!r}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _parse_error(e: Exception) -> str:
+    """A YAML/JSON parse error as `line L, column C: problem` (1-based, where the parser stopped)."""
+    mark = getattr(e, "problem_mark", None)          # yaml.MarkedYAMLError
+    if mark is not None:
+        problem = getattr(e, "problem", None) or first_line(e, empty=type(e).__name__)
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    if isinstance(e, json.JSONDecodeError):
+        return f"line {e.lineno}, column {e.colno}: {e.msg}"
+    return first_line(e, empty=type(e).__name__)
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -356,8 +366,7 @@ def validate(cfg: Config) -> None:
     need(cfg.batch_size % cfg.accum_steps == 0,
          f"--batch-size {cfg.batch_size} is not divisible by --accum-steps {cfg.accum_steps}; "
          "the global batch must split into equal micro-batches")
-    need(cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0,
-         f"--warmup-epochs {cfg.warmup_epochs} must be below --epochs {cfg.epochs}")
+    # warm-up longer than the run: not an error, schedule.plan clips it to a quarter of the run (and says so)
     need(not (cfg.scheduler == "plateau" and cfg.val_size == 0),
          "--scheduler plateau steps on validation loss, but --val-size is 0; "
          "keep a validation split or choose --scheduler cosine|onecycle|multistep|constant")

@@ -27,7 +27,7 @@ class CheckpointError(WorkError):
 
 
 class Interrupted(ResnetCifarError):
-    """SIGINT/SIGTERM arrived; a checkpoint was written before this was raised."""
+    """SIGINT/SIGTERM/SIGHUP arrived; a checkpoint was written before this was raised (exit 128 + signal)."""
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)

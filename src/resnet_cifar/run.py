@@ -24,10 +24,12 @@ from . import checkpoint as ckpt
 from . import data as data_mod
 from . import distributed, engine, rundir, runtime
 from .config import Config, from_dict
-from .engine.signals import signals_interrupt
+from .data.split import check_split_sizes
+from .engine.signals import signal_name, signals_interrupt
 from .errors import Interrupted, UsageError
 from .estimate import cpu_advice, device_description
-from .progress import Silent
+from .progress import Silent, plural
+from .schedule import plan as schedule_plan
 
 
 @dataclass
@@ -195,10 +197,20 @@ def _plan_seeds_resume(out: Path, seeds_file: dict, device: str | None) -> Plan:
     return Plan(out=out, runs=runs, resume=True, seeds=list(seeds_file["seeds"]))
 
 
+def _absolute(path: str) -> str:
+    """`path` made absolute (against the working directory, ~ expanded); as given when ~user is unknown."""
+    try:
+        return str(Path(path).expanduser().absolute())
+    except RuntimeError:
+        return str(Path(path).absolute())
+
+
 def plan_new(cfg: Config, *, seeds: list[int] | None = None, overwrite: bool = False, world=None,
              log: Callable[[str], None] = lambda m: None) -> Plan:
     """A new run (or one per seed under out/seed-N), or a torchrun restart's continuation of one."""
     world = world or distributed.World()
+    # The run records where its data is as an absolute path: `evaluate RUN` works from any directory.
+    cfg = replace(cfg, data_dir=_absolute(cfg.data_dir))
     out = Path(distributed.on_main(lambda: default_out(cfg), world))
     restarting = distributed.on_main(lambda: distributed.is_restart_of(out), world)
     if seeds:
@@ -248,6 +260,8 @@ def train(cfg: Config | None = None, *, resume: str | Path | None = None, device
         except BaseException:
             plan.release()
             raise
+        finally:
+            progress.close()  # a stop mid-epoch: the bar is cleared, so the stop message starts its own line
         plan.release()
     return plan
 
@@ -258,14 +272,13 @@ def _train_plan(plan: Plan, world, progress, on_result) -> None:
     first = plan.runs[0].cfg
     runtime.configure_threads()
     device = engine.setup(first, world)  # the device, flags and the world's refusals, before any data is loaded
-    progress.log(f"device: {device_description(device)}")
-    data = _load_data(first, world, progress.log)
+    first_line = _FirstLine(progress.log, f"device: {device_description(device)}")
+    data = _load_data(first, world, first_line.log)
+    n_train = check_split_sizes(len(data.train_y), first.val_size, first.train_subset)  # before the header
     if world.is_main:
         take_run_dir(plan)
-        progress.log(_describe(first, data, world, plan.out))
-        advice = cpu_advice(first, data.num_classes, _num_train(first, data), device)
-        if advice:
-            progress.log(advice)
+        first_line.flush()
+        _announce(plan, n_train, world, progress, cpu_advice(first, data.num_classes, n_train, device))
     for r in plan.runs:
         if r.results is None:
             if plan.claim is not None:
@@ -276,6 +289,48 @@ def _train_plan(plan: Plan, world, progress, on_result) -> None:
         plan.summary = write_seed_summary(plan.out, [(r.cfg.seed, r.run_dir, r.results) for r in plan.runs])
         if first.report:
             build_report(plan.out, progress.log)
+
+
+class _FirstLine:
+    """The device line comes first: before the first line data loading prints, else (`flush`) before the
+    header, once the sizes are checked; so a refused --val-size is the only line of its run."""
+
+    def __init__(self, log: Callable[[str], None], line: str):
+        self._log, self._line = log, line
+
+    def flush(self) -> None:
+        if self._line is not None:
+            line, self._line = self._line, None
+            self._log(line)
+
+    def log(self, message: str) -> None:
+        self.flush()
+        self._log(message)
+
+
+def _announce(plan: Plan, n_train: int, world, progress, advice: str | None) -> None:
+    """The run's header, the CPU advice, where a resume continues, what the schedule changed for a
+    short run (stderr: the run's record on stdout is its epochs and result)."""
+    first = plan.runs[0]
+    progress.log(_describe(first.cfg, n_train, world, plan.out))
+    resuming = next((_resuming(r) for r in plan.runs if r.state is not None), None) if plan.resume else None
+    for line in (advice, resuming, *schedule_plan(first.cfg).notes):
+        if line:
+            progress.log(line)
+
+
+def _resuming(r: Planned) -> str | None:
+    """`resuming RUN at epoch E, batch B (...)`; None for a damaged checkpoint (the trainer names its fault)."""
+    try:
+        st = r.state
+        epoch, batch, step = int(st["epoch"]), int(st["batch"]), int(st["step"])
+        seconds = float(st["elapsed"]) + float(st["partial"]["seconds"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if epoch >= r.cfg.epochs:
+        return f"resuming {r.run_dir}: all {plural(r.cfg.epochs, 'epoch')} are trained; finishing the run"
+    return (f"resuming {r.run_dir} at epoch {epoch + 1}, batch {batch + 1} "
+            f"(after step {step}, {seconds:.0f}s trained so far)")
 
 
 def _train_one(r: Planned, data, world, progress, on_result) -> None:
@@ -292,14 +347,9 @@ def _load_data(cfg: Config, world, log):
         cfg.dataset, cfg.data_dir, download=cfg.download and cfg.dataset != "folder", log=log), world)
 
 
-def _num_train(cfg: Config, data) -> int:
-    return cfg.train_subset or len(data.train_y) - cfg.val_size
-
-
-def _describe(cfg: Config, data, world, out: Path) -> str:
-    n_train = _num_train(cfg, data)
+def _describe(cfg: Config, n_train: int, world, out: Path) -> str:
     return (f"{cfg.model} on {cfg.dataset}: {n_train} train / {cfg.val_size} val images, "
-            f"{cfg.epochs} epochs, global batch {cfg.batch_size} "
+            f"{plural(cfg.epochs, 'epoch')}, global batch {cfg.batch_size} "
             f"= {cfg.batch_size // cfg.accum_steps // max(world.size, 1)} per device x {world.size} "
             f"device(s) x {cfg.accum_steps} accumulation step(s), preset {cfg.preset} -> {out}")
 
@@ -310,12 +360,11 @@ def build_report(run_dir: Path, log: Callable[[str], None], data=None) -> None:
         from .report import build_report as build
     except ImportError:
         return
-    stopped = (lambda s: f"stopped by signal {s} during the report; results.json and the checkpoints are complete: "
-               f"`resnet-cifar report {run_dir}` builds it again")
+    stopped = (lambda s: f"stopped by {signal_name(s)} during the report: results.json and the checkpoints are "
+               f"complete; `resnet-cifar report {run_dir}` builds it again")
     try:
         with signals_interrupt(stopped):
-            path = build(run_dir, images=data, log=log)  # the images in memory: no reload
-        log(f"report: {path}")
+            build(run_dir, images=data, log=log)  # the images in memory: no reload; it names its index.html
     except Interrupted:
         raise
     except Exception as e:  # noqa: BLE001 - the training result stands even if the report fails

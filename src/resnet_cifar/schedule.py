@@ -3,13 +3,64 @@
 A schedule that is a function of the step is trivially resumable (its state is the step count)
 and testable without an optimizer. `plateau` mirrors torch's ReduceLROnPlateau('min', rel
 threshold 1e-4) stepped once per epoch on the validation loss; tests check it against torch's.
+
+Short runs: a preset's warm-up and SWA phase are sized for its own epoch count. `plan(cfg)` fits
+them to the run (a warm-up never takes more than a quarter of it; SWA never starts before one epoch
+at the schedule's lr, so a 1-epoch run trains at --lr and not at --swa-lr) and says so in one line
+each. The plan is a pure function of the config, so a resumed run gets the same one.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
-from .config import Config
+from .config import Config, swa_start_epoch
+from .progress import plural
+
+WARMUP_MAX_FRACTION = 0.25   # the longest warm-up, as a fraction of the run's epochs
+SWA_FIRST_EPOCH = 2          # SWA (and its constant --swa-lr) starts at epoch 2 at the earliest
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The warm-up and SWA phase as this run will have them, and the lines that say what changed."""
+    warmup_epochs: float
+    swa_start: int | None        # first epoch trained at --swa-lr and averaged; None: no SWA
+    notes: tuple[str, ...] = ()
+
+
+def plan(cfg: Config) -> Plan:
+    warmup, warmup_note = _warmup(cfg)
+    swa_start, swa_note = _swa_start(cfg)
+    return Plan(warmup_epochs=warmup, swa_start=swa_start,
+                notes=tuple(n for n in (warmup_note, swa_note) if n))
+
+
+def _warmup(cfg: Config) -> tuple[float, str | None]:
+    longest = WARMUP_MAX_FRACTION * cfg.epochs
+    if cfg.warmup_epochs <= longest:
+        return cfg.warmup_epochs, None
+    return longest, (f"warm-up shortened from {cfg.warmup_epochs:g} to {longest:g} epochs, a quarter of "
+                     f"this {cfg.epochs}-epoch run")
+
+
+def _swa_start(cfg: Config) -> tuple[int | None, str | None]:
+    if not cfg.swa:
+        return None, None
+    at_lr = f"--lr {cfg.lr:g} ({cfg.scheduler} schedule)"
+    if cfg.epochs < SWA_FIRST_EPOCH:
+        return None, (f"SWA off: a {cfg.epochs}-epoch run has no epoch before SWA would start; it trains at "
+                      f"{at_lr}, not at --swa-lr {cfg.swa_lr:g}")
+    asked = swa_start_epoch(cfg)
+    start = max(asked, SWA_FIRST_EPOCH)
+    swa_part = (f"{plural(cfg.epochs - start + 1, 'epoch')} ({start}-{cfg.epochs}) at the constant "
+                f"--swa-lr {cfg.swa_lr:g}")
+    if asked < start:
+        return start, f"SWA start moved from epoch {asked} to {start}: epoch 1 trains at {at_lr}, then {swa_part}"
+    if 2 * (cfg.epochs - start + 1) >= cfg.epochs:  # half the run or more: worth a line
+        return start, f"SWA from epoch {start} of {cfg.epochs}: {swa_part}, not at {at_lr}"
+    return start, None
 
 
 class LRSchedule:
@@ -19,7 +70,7 @@ class LRSchedule:
         self.min_lr = cfg.min_lr
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = max(1, cfg.epochs * steps_per_epoch)
-        self.warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
+        self.warmup_steps = int(round(plan(cfg).warmup_epochs * steps_per_epoch))
         self.milestones = [int(round(m * cfg.epochs)) * steps_per_epoch for m in cfg.milestones]
         self.gamma = cfg.gamma
         # plateau state (same fields as torch.optim.lr_scheduler.ReduceLROnPlateau)

@@ -5,7 +5,7 @@ Each subcommand lives in its own module under `resnet_cifar.cli` with two functi
 print). Nothing here trains or loads anything itself.
 
 Exit codes: 0 success, 2 usage or input error, 1 failure during work, 128+signal after
-SIGINT/SIGTERM (with a checkpoint written).
+SIGINT/SIGTERM/SIGHUP (with a checkpoint written; the message is a stop, not an error).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import argparse
 import importlib
 import sys
 
-from ..errors import ResnetCifarError
+from ..errors import Interrupted, ResnetCifarError
 
 # Order = order in --help. A command is listed here only once it works.
-COMMANDS = ["env", "data", "summary", "train", "evaluate", "report", "predict", "export", "bench"]
+COMMANDS = ["env", "data", "models", "summary", "train", "evaluate", "report", "predict", "export", "bench"]
 
 
 def one_line(text) -> str:
@@ -55,11 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say_stopped(message: str) -> None:
+    """The stop message on a line of its own: on a terminal, the `^C` echo (or a bar) is cleared first.
+    After SIGHUP the terminal may be gone; the checkpoint is written, so a failed write is ignored."""
+    try:
+        start = "\r\x1b[K" if sys.stderr.isatty() else ""
+        print(f"{start}resnet-cifar: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except Interrupted as e:  # a stop the user asked for, with a checkpoint: not an error
+        _say_stopped(one_line(e))
+        return e.exit_code
     except ResnetCifarError as e:
         print(f"resnet-cifar: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code

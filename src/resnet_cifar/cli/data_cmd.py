@@ -19,12 +19,12 @@ def add_parser(sub) -> None:
     d.set_defaults(run=run_download)
 
     s = actions.add_parser("stats", help="per-class counts and per-channel mean/std of the train split")
-    add_data_flags(s)
+    add_data_flags(s, defaults=False)  # --dataset: detected from --data-dir's layout when left out
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(run=run_stats)
 
     v = actions.add_parser("preview", help="a labelled grid of training images, as the network sees them")
-    add_data_flags(v)
+    add_data_flags(v, defaults=False)
     v.add_argument("--n", type=int, default=64, help="number of images (default 64)")
     v.add_argument("--augment", action="store_true", help="after the training augmentations (crop + flip, and "
                                                           "the policy, erasing and mixing flags below)")
@@ -64,6 +64,16 @@ def _policy_of(args):
     return strong, mixing
 
 
+def _resolve_data_args(args) -> None:
+    """--data-dir defaults to ./data; a left-out --dataset is what the directory's layout shows
+    (an image folder, a CIFAR folder or archive), else cifar10. The output names the dataset."""
+    from ..data import detect_dataset
+
+    args.data_dir = args.data_dir or "data"
+    if args.dataset is None:
+        args.dataset = detect_dataset(args.data_dir) or "cifar10"
+
+
 def run_download(args) -> int:
     from ..data import cifar
     from ..errors import UsageError
@@ -81,6 +91,7 @@ def run_stats(args) -> int:
     from ..data import load_dataset
     from ..data.stats import dataset_stats
 
+    _resolve_data_args(args)
     t0 = time.perf_counter()
     ds = load_dataset(args.dataset, args.data_dir, log=None if args.json else stderr_log)
     load_s = time.perf_counter() - t0
@@ -109,6 +120,7 @@ def run_preview(args) -> int:
 
     if args.n < 1:
         raise UsageError(f"--n must be >= 1, got {args.n}")
+    _resolve_data_args(args)
     strong, mixing = _policy_of(args)
     grid = make_preview(args.dataset, args.data_dir, n=args.n, augment=args.augment, out=args.out,
                         seed=args.seed, val_size=args.val_size, log=stderr_log, strong=strong, mixing=mixing)

@@ -50,7 +50,9 @@ def run(args) -> int:
                              "(only --device may change)")
     else:
         file_values = load_config_file(args.config) if args.config else {}
-        cfg = resolve(file_values, config_flag_values(args), args.preset)
+        flags = config_flag_values(args)
+        _recognise_dataset(flags, file_values)
+        cfg = resolve(file_values, flags, args.preset)
     seeds = runs.parse_seeds(args.seeds) if args.seeds else None
     if args.print_config:
         return _print_config(cfg if cfg is not None else runs.resumed_config(args.resume, args.device))
@@ -63,6 +65,20 @@ def run(args) -> int:
         print(f"{len(plan.runs)} seeds: {s['metric']} {100 * s['mean']:.2f} ± {100 * s['std']:.2f}%"
               if s["mean"] is not None else "no metric to summarise", flush=True)
     return 0
+
+
+def _recognise_dataset(flags: dict, file_values: dict) -> None:
+    """No --dataset (flag or config file): the data dir's layout decides, so an image folder is read as
+    one instead of getting CIFAR download advice. The header's `MODEL on DATASET` shows the choice."""
+    from ..config import Config
+    from ..data import detect_dataset
+
+    if "dataset" in flags or "dataset" in file_values:
+        return
+    data_dir = flags.get("data_dir") or file_values.get("data_dir") or Config.data_dir
+    found = detect_dataset(data_dir) if isinstance(data_dir, str) else None  # a bad value: resolve names it
+    if found:
+        flags["dataset"] = found
 
 
 def _print_config(cfg) -> int:

@@ -8,6 +8,7 @@ decode cache), split.py (validation split and subsets), loader.py (device-reside
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -54,3 +55,26 @@ def load_dataset(name: str, data_dir, *, download: bool = False, url: str | None
     if download or url:
         cifar.download(name, data_dir, url=url, log=log)
     return cifar.read_cifar(name, data_dir, log=log)
+
+
+def detect_dataset(data_dir) -> str | None:
+    """Which dataset `data_dir` holds, from its layout alone (nothing is read or decoded).
+
+    "cifar10" / "cifar100": the extracted official folder (or its archive) is there, or data_dir
+    is that folder; "folder": data_dir/train/ has a class sub-folder; None: neither (a fresh data
+    dir, where a CIFAR download would go). Used when --dataset is left out.
+    """
+    from ..constants import CIFAR_SOURCES
+
+    try:
+        root = Path(data_dir).expanduser()
+        for name, src in CIFAR_SOURCES.items():
+            if ((root / src["folder"]).is_dir() or (root / src["filename"]).is_file()
+                    or (root / src["meta"][0]).is_file()):
+                return name
+        train = root / "train"
+        if train.is_dir() and any(e.is_dir() and not e.name.startswith(".") for e in train.iterdir()):
+            return "folder"
+    except (OSError, ValueError, RuntimeError):  # unreadable, a NUL byte, no home for ~: the loader names it
+        return None
+    return None

@@ -42,6 +42,22 @@ def _stratified_pick(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.sort(torch.cat(picked)).values
 
 
+def check_split_sizes(n: int, val_size: int, train_subset: int = 0) -> int:
+    """The number of training images a split of n images leaves; the errors `train_val_split` and
+    `stratified_subset` would raise, raised before anything is loaded onto a device or printed."""
+    if val_size < 0:
+        raise UsageError(f"--val-size must be 0 or more, got {val_size}")
+    if val_size >= n:
+        raise UsageError(f"--val-size {val_size} must be smaller than the {n} training images; "
+                         f"use a smaller --val-size (0 for no validation set)")
+    if train_subset < 0:
+        raise UsageError(f"--train-subset must be 0 or more, got {train_subset}")
+    if train_subset > n - val_size:
+        raise UsageError(f"--train-subset {train_subset} is more than the {n - val_size} training images "
+                         f"available; use at most {n - val_size}")
+    return train_subset or n - val_size
+
+
 def train_val_split(labels: torch.Tensor, val_size: int, seed: int
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Split positions 0..N-1 into (train_idx, val_idx), stratified by label, both sorted.
@@ -49,11 +65,7 @@ def train_val_split(labels: torch.Tensor, val_size: int, seed: int
     val_size 0 gives an empty validation set; val_size must be smaller than N.
     """
     n = int(labels.shape[0])
-    if val_size < 0:
-        raise UsageError(f"--val-size must be 0 or more, got {val_size}")
-    if val_size >= n:
-        raise UsageError(f"--val-size {val_size} must be smaller than the {n} training images; "
-                         f"use a smaller --val-size (0 for no validation set)")
+    check_split_sizes(n, val_size)
     val = _stratified_pick(labels, val_size, seed)
     keep = torch.ones(n, dtype=torch.bool)
     keep[val] = False

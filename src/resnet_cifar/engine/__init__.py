@@ -10,7 +10,7 @@ The rooms (see docs/architecture.md):
   best.py      BestWeights: which of raw / EMA / SWA is best.pt and the result
   trainer.py   Trainer: the epoch loop over the parts
   results.py   metrics.csv, TensorBoard scalars, results.json, predictions.npz
-  signals.py   StopFlag: SIGINT/SIGTERM -> checkpoint, then stop
+  signals.py   StopFlag: SIGINT/SIGTERM/SIGHUP -> checkpoint, then stop
 
 The test split is never used for any decision: the best checkpoint, the plateau schedule and the
 SWA/EMA choice all look at the validation split only.

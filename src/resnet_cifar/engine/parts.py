@@ -13,7 +13,7 @@ from .. import checkpoint as ckpt
 from .. import distributed as distm
 from .. import runtime
 from ..compute import forward_macs
-from ..config import Config, swa_start_epoch
+from ..config import Config
 from ..data import Dataset
 from ..data.augment import StrongAugment
 from ..data.loader import Augment, DeviceLoader, normalize
@@ -26,7 +26,7 @@ from ..models import build_model, count_parameters
 from ..models.speedrun import WHITEN_IMAGES, init_whitening
 from ..optim import speedrun_param_groups
 from ..sam import SAM
-from ..schedule import LRSchedule
+from ..schedule import LRSchedule, plan
 from .evaluate import Evaluator
 from .step import StepSetup
 
@@ -152,6 +152,8 @@ class Parts:
     evaluator: Evaluator
     swa: AveragedModel | None
     swa_start: int | None
+    warmup_epochs: float                    # schedule.plan's: the run's warm-up, clipped for a short run
+    schedule_notes: tuple[str, ...]         # what schedule.plan changed, one line each
     ema: AveragedModel | None
     lookahead: Lookahead | None
     params: int
@@ -184,10 +186,12 @@ def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.W
                      label_smoothing=cfg.label_smoothing, accum_steps=cfg.accum_steps, world=world, ema=ema,
                      raw=model, lookahead=lookahead, total_steps=cfg.epochs * len(loader),
                      clip_grad_norm=cfg.clip_grad_norm)
+    planned = plan(cfg)
+    swa_start = planned.swa_start   # None for a run too short for SWA (planned.notes say why)
     evaluator = Evaluator(tuple(data.mean), tuple(data.std), cfg.eval_batch_size, amp_ctx, cfg.channels_last,
                           data.num_classes)
     return Parts(device=device, amp=amp, splits=splits, loader=loader, model=model, optimizer=optimizer,
                  schedule=LRSchedule(cfg, len(loader)), scaler=scaler, step=step, evaluator=evaluator,
-                 swa=AveragedModel(model) if cfg.swa else None, swa_start=swa_start_epoch(cfg) if cfg.swa else None,
-                 ema=ema, lookahead=lookahead, params=count_parameters(model),
-                 macs=forward_macs(model))
+                 swa=AveragedModel(model) if swa_start is not None else None, swa_start=swa_start,
+                 ema=ema, lookahead=lookahead, params=count_parameters(model), macs=forward_macs(model),
+                 warmup_epochs=planned.warmup_epochs, schedule_notes=planned.notes)

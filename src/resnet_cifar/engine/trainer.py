@@ -26,7 +26,7 @@ from . import results as out
 from . import step as step_mod
 from .best import BestWeights
 from .parts import build_parts, wrap_for_training
-from .signals import StopFlag, signals_interrupt
+from .signals import StopFlag, signal_name, signals_interrupt
 from .state import RunState, validate_resume
 from .sums import Sums
 
@@ -225,18 +225,20 @@ class Trainer:
                 "train_flops": compute.train_flops(self.parts.macs, n * epoch)}    # forward MACs x 2 x 3 x images
 
     def _interrupted(self, stop: StopFlag, where: str) -> Interrupted:
-        return Interrupted(stop.signum or signal.SIGTERM, f"stopped by signal {stop.signum} {where}; checkpoint "
-                           f"written to {self.ckpt_dir / 'last.pt'}; continue with --resume {self.run_dir}")
+        signum = stop.signum or signal.SIGTERM
+        return Interrupted(signum, f"stopped by {signal_name(signum)} {where}: checkpoint written to "
+                           f"{self.ckpt_dir / 'last.pt'}; resume with `resnet-cifar train --resume {self.run_dir}`")
 
     def run(self) -> dict:
         scalars = out.Scalars(self.run_dir, enabled=self.world.is_main)
         with StopFlag() as stop:
             for epoch in range(self.state.epoch + 1, self.cfg.epochs + 1):
-                t_epoch = time.perf_counter()
+                # training + validation, across resumes: a resumed epoch's seconds before its checkpoint count too
+                t_epoch, before = time.perf_counter(), self.state.partial["seconds"]
                 row = {"epoch": epoch, **self.train_epoch(epoch, stop), "lr": self.last_lr}
                 self._validate_epoch(epoch, row)
                 self.state.end_epoch(epoch)
-                self.state.elapsed += time.perf_counter() - t_epoch   # training + validation, across resumes
+                self.state.elapsed += before + time.perf_counter() - t_epoch
                 row["elapsed_seconds"] = self.state.elapsed
                 self.best.epoch_end(epoch, row, {"raw": self.model,
                                                  "ema": self.ema.module if self.ema is not None else None})
@@ -286,8 +288,8 @@ class Trainer:
         final = ("ema", self.ema.module) if self.ema is not None else ("raw", self.model)
         self.best.finish(self.cfg.epochs, has_val=self.splits.val_x is not None, swa=swa, final=final)
         self.save("last.pt")
-        with signals_interrupt(lambda s: f"stopped by signal {s} during the final test; the checkpoints are "
-                                         f"complete: --resume {self.run_dir} runs the test again"):
+        with signals_interrupt(lambda s: f"stopped by {signal_name(s)} during the final test: the checkpoints "
+                                         f"are complete; --resume {self.run_dir} runs the test again"):
             return final_test(self)
 
     def best_model_on_device(self) -> torch.nn.Module:
@@ -307,6 +309,9 @@ def run_facts(t: Trainer) -> dict:
         "device": str(t.device), "device_name": runtime.device_name(t.device), "amp": t.amp,
         "torch_version": str(torch.__version__), "seed": cfg.seed, "world_size": t.world.size,
         "global_batch": cfg.batch_size, "accum_steps": st.accum_steps,
+        # the schedule as run (schedule.plan: a short run's warm-up and SWA phase, and why)
+        "warmup_epochs": t.parts.warmup_epochs, "swa_start_epoch": t.parts.swa_start,
+        "schedule_notes": list(t.parts.schedule_notes),
     }
 
 
