@@ -51,9 +51,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from resnet_cifar.compute import eval_flops, forward_macs, pflop, train_flops  # noqa: E402
-from resnet_cifar.data import load_dataset  # noqa: E402
-from resnet_cifar.data.split import stratified_subset, train_val_split  # noqa: E402
+from resnet_cifar.compute import eval_flops, forward_macs, pflop, train_flops
+from resnet_cifar.data import load_dataset
+from resnet_cifar.data.split import stratified_subset, train_val_split
 
 AIRBENCH_VERSION = "0.1.8"
 SMOKE = dict(limit=500, val_size=200, epochs=1, batch_size=128)

@@ -144,7 +144,7 @@ def main() -> None:
         "best_img_s": {n: round(max(x), 2) for n, x in rates.items()},
         "best_vs_ours": ({n: round(max(x) / max(rates["ours"]), 3) for n, x in rates.items()} if ref else None),
         "vs_ours": {n: round(statistics.median(x) / ref, 3) for n, x in rates.items()} if ref else None,
-        "per_round_ratio_to_ours": ({n: [round(a / b, 3) for a, b in zip(x, rates["ours"])] for n, x in rates.items()}
+        "per_round_ratio_to_ours": ({n: [round(a / b, 3) for a, b in zip(x, rates["ours"], strict=True)] for n, x in rates.items()}
                                     if ref else None),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }

@@ -262,7 +262,7 @@ def main() -> int:
               ("bf16+compile b512", dict(batch_size=512, amp="bf16", compile="auto", steps=50, warmup=15))]
     try:
         results["sync_check"] = sync_check(smoke=args.smoke) if device == "cuda" else {"skipped": "no CUDA"}
-    except Exception as e:  # noqa: BLE001 - a diagnostic; the measurements stand without it
+    except Exception as e:  # a diagnostic; the measurements stand without it
         results["sync_check"] = {"error": f"{type(e).__name__}: {e}"[:300]}
     save()
     for name, kw in extras:

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from resnet_cifar.compute import forward_macs, pflop, train_flops  # noqa: E402
+from resnet_cifar.compute import forward_macs, pflop, train_flops
 
 ACC_COLUMNS = ("val_acc", "ema_val_acc", "swa_val_acc")
 

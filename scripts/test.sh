@@ -117,6 +117,9 @@ fi
 "$python" -c "import pathlib, sys, resnet_cifar; sys.exit(pathlib.Path(resnet_cifar.__file__).resolve().parents[1] != pathlib.Path('src').resolve())" \
     || { echo "test.sh: resnet_cifar does not import from this checkout's src/" >&2; exit 1; }
 
+# Lint first (pyproject's [tool.ruff]: pyflakes, isort, bugbear); a finding fails the run like a test.
+"$python" -m ruff check src tests benchmarks scripts
+
 # The report's browser test drives headless Chromium (Debian package). Install it where we can;
 # the test itself skips with the reason if it is still missing.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -162,7 +162,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @contextmanager
 def serve_directory(directory: Path):
     """Serve `directory` over HTTP on 127.0.0.1 (a free port) in a thread; yields the base URL."""
-    handler = lambda *a, **kw: _QuietHandler(*a, directory=str(directory), **kw)  # noqa: E731
+    handler = lambda *a, **kw: _QuietHandler(*a, directory=str(directory), **kw)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)

@@ -1,7 +1,7 @@
 """Shared fixtures. Tests run on the CPU with one thread each, tiny models and a few dozen images.
 
-The helpers behind them live in tests/helpers.py (import them from there); they are also
-re-exported here for older imports.
+The helpers behind them live in tests/helpers.py (and report_/docs_/ddp_/reliability_helpers.py):
+tests import them from there, never from conftest or another test module.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from helpers import TINY, make_images, tiny_dataset, write_png_folder  # noqa: F401 - re-exported
+from helpers import make_images, write_png_folder
 
 torch.set_num_threads(1)
 os.environ.setdefault("RESNET_CIFAR_NO_PROGRESS", "1")

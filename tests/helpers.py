@@ -37,7 +37,7 @@ def write_png_folder(root, n_per_class: int = 8, num_classes: int = 3, test_per_
         if n == 0:
             continue
         x, y = make_images(n, num_classes, seed=s)
-        for i, (img, label) in enumerate(zip(x, y)):
+        for i, (img, label) in enumerate(zip(x, y, strict=True)):
             d = root / split / names[label]
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img.transpose(1, 2, 0)).save(d / f"{i:04d}.png")
@@ -49,7 +49,7 @@ def tiny_dataset(n_per_class: int = 40, num_classes: int = 4, test_per_class: in
 
     x, y = make_images(n_per_class, num_classes)
     xt, yt = make_images(test_per_class, num_classes, seed=1) if test_per_class else (None, None)
-    t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+    t = lambda a: None if a is None else torch.from_numpy(a)
     return Dataset("folder", t(x), t(y), t(xt), t(yt), [f"c{i}" for i in range(num_classes)],
                    (0.45, 0.45, 0.45), (0.25, 0.25, 0.25))
 

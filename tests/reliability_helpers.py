@@ -44,7 +44,7 @@ def tiny_dataset(n_per_class: int = 6, num_classes: int = 2, seed: int = 0) -> D
 def write_folder(root: Path, n_per_class: int = 6, num_classes: int = 2, seed: int = 0) -> Path:
     """root/train/<class>/*.png from make_images (a real folder dataset for CLI-level tests)."""
     x, y = make_images(n_per_class, num_classes, seed=seed)
-    for i, (im, label) in enumerate(zip(x, y)):
+    for i, (im, label) in enumerate(zip(x, y, strict=True)):
         d = root / "train" / f"c{label}"
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.ascontiguousarray(im.transpose(1, 2, 0))).save(d / f"{i:04d}.png")

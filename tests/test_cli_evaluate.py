@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-from helpers import TINY, write_png_folder
 
+from helpers import TINY, write_png_folder
 from resnet_cifar.cli import main
 from resnet_cifar.config import resolve
 from resnet_cifar.data import load_dataset

@@ -19,8 +19,8 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from resnet_cifar.config import FIELD_NAMES
 from reliability_helpers import assert_one_line_error, run_main, tiny_dataset, write_folder
+from resnet_cifar.config import FIELD_NAMES
 
 
 class _Reached(Exception):
@@ -307,10 +307,10 @@ def test_random_argv_and_config_files_are_validated_without_tracebacks(argv, con
         before = _snapshot(root)
         reached = None
         try:
-            code, out, err = run_main(["train", *argv], capsys)
+            code, _out, err = run_main(["train", *argv], capsys)
         except _Reached as r:
             reached = r.run_dir
-            code, out, err = 0, *capsys.readouterr()
+            code, _out, err = 0, *capsys.readouterr()
         finally:
             os.chdir(cwd)
         event("passed validation" if reached is not None else f"exit {code}")

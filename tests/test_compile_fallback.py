@@ -157,7 +157,7 @@ def test_trainer_step_survives_a_failing_compile(monkeypatch, tmp_path, syntheti
     log = Log()
     trainer = Trainer(cfg, data, tmp_path, progress=log)
     sums = Sums.zeros()
-    for b, xb, yb in trainer.train_loader.batches(1):
+    for _b, xb, yb in trainer.train_loader.batches(1):
         out = train_step(trainer.parts.step, xb, yb, len(yb), cfg.lr)
         sums.add(out.sums)
         assert bool(out.finite)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from helpers import write_png_folder
-
 from resnet_cifar.cli import main
 from resnet_cifar.data import detect_dataset
 

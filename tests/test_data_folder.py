@@ -29,7 +29,7 @@ def _make_folder(root: Path, make_images, classes=("cat", "dog", "bird"), n=4, t
         x, y = make_images(n, len(classes), seed=s)
         order = sorted(classes)
         per_class = {c: [] for c in order}
-        for i, (img, lab) in enumerate(zip(x, y)):
+        for i, (img, lab) in enumerate(zip(x, y, strict=True)):
             name = classes[lab]
             _png(root / split / name / f"{i:03d}.png", img.transpose(1, 2, 0))
             per_class[name].append((f"{i:03d}.png", img))
@@ -321,7 +321,7 @@ def test_dataset_stats(dataset_dir):
     assert st["train_images"] == len(expected["train"][1])
     assert st["test_images"] == len(expected["test"][1])
     counts = np.bincount(expected["train"][1], minlength=3)
-    assert st["train_per_class"] == dict(zip(ds.classes, counts.tolist()))
+    assert st["train_per_class"] == dict(zip(ds.classes, counts.tolist(), strict=True))
     ref = expected["train"][0].astype(np.float64) / 255
     np.testing.assert_allclose(st["train_mean"], ref.mean(axis=(0, 2, 3)), atol=1e-6)
     np.testing.assert_allclose(st["train_std"], ref.std(axis=(0, 2, 3)), atol=1e-6)

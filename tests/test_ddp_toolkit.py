@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddp_helpers import EQ, _epochs, _eq_data, _free_port, _no_bn, _spawn, _summary
 from resnet_cifar import distributed as distm
 from resnet_cifar import engine
 from resnet_cifar.config import resolve
-from test_ddp import EQ, _eq_data, _epochs, _free_port, _no_bn, _spawn, _summary
 
 SAM_EQ = {**EQ, "optimizer": "sam", "sam_rho": 0.1, "clip_grad_norm": 0.5, "auto_augment": "randaugment",
           "random_erase": 0.5, "checkpoint_every": 0}

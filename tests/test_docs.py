@@ -21,46 +21,20 @@ import ast
 import contextlib
 import importlib.util
 import io
-import re
 import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from docs_helpers import NOT_RUN, blocks, commands
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "docs" / "tutorial.md", ROOT / "docs" / "tutorial.zh-CN.md"]
-NOT_RUN = "# not run in tests"
 MAX_NOT_RUN = 4
 TINY_TRAIN = ["--epochs", "1", "--warmup-epochs", "0", "--width", "0.125", "--val-size", "10",
               "--train-subset", "0", "--batch-size", "16", "--eval-batch-size", "64",
               "--device", "cpu", "--amp", "off", "--compile", "off", "--no-report"]
-
-FENCE = re.compile(r"^```(\w[\w.+-]*)?[ \t]*\n(.*?)^```[ \t]*$", re.S | re.M)
-
-
-def blocks(path: Path) -> list[tuple[str, str]]:
-    text = path.read_text(encoding="utf-8")
-    return [(lang or "", body) for lang, body in FENCE.findall(text)]
-
-
-def commands(body: str) -> list[tuple[list[str], bool]]:
-    """(argv without the leading `resnet-cifar`, runnable?) for each command of a bash block."""
-    out, pending = [], ""
-    for raw in body.splitlines():
-        line = pending + raw
-        if line.rstrip().endswith("\\"):
-            pending = line.rstrip()[:-1] + " "
-            continue
-        pending = ""
-        stripped = line.strip()
-        if not stripped.startswith("resnet-cifar "):
-            continue
-        argv = shlex.split(stripped, comments=True)
-        out.append((argv[1:], NOT_RUN not in stripped))
-    assert not pending, f"a bash block ends with a line continuation: {body!r}"
-    return out
-
 
 def steps(path: Path) -> list[tuple[str, object, bool]]:
     """("cmd", argv, run) and ("py", source, run) in document order."""
@@ -133,7 +107,7 @@ def _write_tutorial_world(root: Path, monkeypatch):
     from PIL import Image
 
     from cifar_fixtures import make_fake_cifar
-    from conftest import make_images
+    from helpers import make_images
     from resnet_cifar.data import cifar
 
     fake = make_fake_cifar(root / "downloads", "cifar10", per_batch=12)
@@ -142,7 +116,7 @@ def _write_tutorial_world(root: Path, monkeypatch):
 
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     x, y = make_images(4, len(classes), seed=3)
-    for i, (img, label) in enumerate(zip(x, y)):
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
         d = root / "data" / "cifar10-jpeg" / "train" / classes[label]
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img.transpose(1, 2, 0)).save(d / f"{i:04d}.jpg", quality=90)
@@ -205,7 +179,7 @@ def test_tutorial_runs_end_to_end(tmp_path, monkeypatch):
             source = payload if run else _imports_only(payload)
             try:
                 _run_python(source, namespace)
-            except Exception as e:  # noqa: BLE001 - report which snippet failed
+            except Exception as e:  # report which snippet failed
                 pytest.fail(f"python block failed ({type(e).__name__}: {e}):\n{payload}")
             ran += 1
             continue

@@ -49,7 +49,7 @@ def test_run_directory_contract(tmp_path):
     header = next(csv.reader(open(run / "metrics.csv")))
     assert header == engine.METRIC_FIELDS
     try:
-        import tensorboard  # noqa: F401  (an optional extra; the test venv has it)
+        import tensorboard  # noqa: F401 - an optional extra; the test venv has it
     except ImportError:
         return
     assert list((run / "tensorboard").glob("events.out.tfevents.*")), "TensorBoard events missing"

@@ -9,8 +9,7 @@ import torch.nn as nn
 
 from helpers import TINY, tiny_dataset
 from resnet_cifar.config import resolve
-from resnet_cifar.engine import (BestWeights, RunState, StepSetup, Sums, build_parts, setup, train_step,
-                                 validate_resume)
+from resnet_cifar.engine import BestWeights, RunState, StepSetup, Sums, build_parts, setup, train_step, validate_resume
 from resnet_cifar.errors import CheckpointError
 
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 import yaml
-from helpers import write_png_folder
 
+from helpers import write_png_folder
 from resnet_cifar.cli import main
 
 TINY = ["--model", "resnet20", "--width", "0.25", "--batch-size", "8", "--val-size", "4", "--device", "cpu",

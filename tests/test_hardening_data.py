@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from reliability_helpers import (
     assert_one_line_error,
     run_main,
     subprocess_env,
     write_folder,
 )
-
 from resnet_cifar.data import folder, load_dataset
 from resnet_cifar.data.images import ImageTooLarge
 from resnet_cifar.errors import DataError, UsageError
@@ -187,8 +187,8 @@ def test_missing_image_path_for_load_image_is_usage_error(tmp_path):
 def test_engine_fit_refuses_unlearnable_data_before_building(tmp_path):
     """Library callers who build a Dataset themselves get the same checks as the CLI's folders."""
     import torch
-    from reliability_helpers import tiny_config, tiny_dataset
 
+    from reliability_helpers import tiny_config, tiny_dataset
     from resnet_cifar import engine
     from resnet_cifar.data import Dataset
 

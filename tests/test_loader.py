@@ -11,8 +11,17 @@ import pytest
 import torch
 
 from resnet_cifar.constants import CIFAR10_MEAN, CIFAR10_STD
-from resnet_cifar.data.loader import (NO_AUGMENT, Augment, DeviceLoader, cutout, denormalize, normalize,
-                                      plan_epoch, random_crop, random_flip)
+from resnet_cifar.data.loader import (
+    NO_AUGMENT,
+    Augment,
+    DeviceLoader,
+    cutout,
+    denormalize,
+    normalize,
+    plan_epoch,
+    random_crop,
+    random_flip,
+)
 
 MEAN, STD = CIFAR10_MEAN, CIFAR10_STD
 
@@ -81,7 +90,7 @@ def test_loader_crops_stay_inside_the_padded_image(mode):
     loader = _loader(x, augment=Augment(crop_padding=p, pad_mode=mode, flip=False), seed=3)
     seen = 0
     for _, xb, yb in loader.batches(epoch=1):
-        for img, label in zip(_pixels(xb), yb):
+        for img, label in zip(_pixels(xb), yb, strict=True):
             padded = torch.from_numpy(_np_pad(x[label].numpy(), p, mode))
             hits = [(dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1)
                     if torch.equal(padded[:, dy:dy + 32, dx:dx + 32], img)]
@@ -106,7 +115,7 @@ def test_loader_flips_are_exact_mirrors():
     loader = _loader(x, augment=Augment(crop_padding=0, flip=True), seed=5, batch_size=32)
     _, xb, yb = next(loader.batches(epoch=1))
     flipped = 0
-    for img, label in zip(_pixels(xb), yb):
+    for img, label in zip(_pixels(xb), yb, strict=True):
         src = x[label]
         if torch.equal(img, src.flip(2)):
             flipped += 1
@@ -149,7 +158,7 @@ def test_same_seed_same_batches_other_seed_or_epoch_different():
     a = _all(_loader(x, augment=AUG, seed=7), 2)
     b = _all(_loader(x, augment=AUG, seed=7), 2)
     assert len(a) == len(b) == 4
-    for (i, xa, ya), (j, xb, yb) in zip(a, b):
+    for (i, xa, ya), (j, xb, yb) in zip(a, b, strict=True):
         assert i == j and torch.equal(xa, xb) and torch.equal(ya, yb)
     c = _all(_loader(x, augment=AUG, seed=8), 2)
     assert not torch.equal(a[0][2], c[0][2]) or not torch.equal(a[0][1], c[0][1])
@@ -164,7 +173,7 @@ def test_resuming_at_batch_b_gives_the_same_batches(start):
     full = _all(_loader(x, augment=AUG, seed=1), 4)
     resumed = [(b, xb, yb) for b, xb, yb in _loader(x, augment=AUG, seed=1).batches(4, start=start)]
     assert [b for b, _, _ in resumed] == list(range(start, len(full)))
-    for (i, xa, ya), (j, xb, yb) in zip(full[start:], resumed):
+    for (i, xa, ya), (j, xb, yb) in zip(full[start:], resumed, strict=True):
         assert i == j and torch.equal(xa, xb) and torch.equal(ya, yb)
 
 
@@ -248,7 +257,7 @@ def test_two_ranks_split_the_single_process_batch_in_two(n, batch):
     r0 = _all(_loader(x, augment=AUG, seed=9, batch_size=batch, rank=0, world_size=2), 3)
     r1 = _all(_loader(x, augment=AUG, seed=9, batch_size=batch, rank=1, world_size=2), 3)
     assert len(one) == len(r0) == len(r1)
-    for (b, x1, y1), (b0, x0, y0), (b1, xr1, yr1) in zip(one, r0, r1):
+    for (b, x1, y1), (b0, x0, y0), (b1, xr1, yr1) in zip(one, r0, r1, strict=True):
         assert b == b0 == b1
         assert len(y0) == (len(y1) + 1) // 2
         assert torch.equal(torch.cat([x0, xr1]), x1)

@@ -12,7 +12,7 @@ from resnet_cifar.mixing import MixedTarget, Mixing, MixParams, draw, hard_label
 
 
 def test_erasing_plan_is_seeded_and_has_torchvisions_statistics():
-    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    g = lambda s: torch.Generator().manual_seed(s)
     a, b = plan_erasing(20000, 0.5, g(0)), plan_erasing(20000, 0.5, g(0))
     assert all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("top", "left", "height", "width"))
     erased = a.height > 0

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_png_folder
 
+from helpers import write_png_folder
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar.cli import main
 from resnet_cifar.config import from_dict

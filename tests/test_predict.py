@@ -79,7 +79,7 @@ def test_each_file_answered_or_errored_in_order(ckpt, odd_images):
     preds = result["predictions"]
     assert [p["file"] for p in preds] == [str(files[k]) for k in order]
     bad = {"text", "missing", "truncated"}
-    for key, p in zip(order, preds):
+    for key, p in zip(order, preds, strict=True):
         if key in bad:
             assert p["error"] and p["top"] == [], key
             assert str(files[key]) in p["error"] and "\n" not in p["error"]
@@ -89,7 +89,7 @@ def test_each_file_answered_or_errored_in_order(ckpt, odd_images):
             assert all(t["class"] in CLASSES for t in p["top"])
             probs = [t["prob"] for t in p["top"]]
             assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
-    by_key = dict(zip(order, preds))
+    by_key = dict(zip(order, preds, strict=True))
     assert by_key["photo"]["resized"] and by_key["rgba"]["resized"] and not by_key["rgb"]["resized"]
 
 

@@ -116,7 +116,7 @@ def test_data_preview_command_on_a_folder_dataset(synthetic_images, tmp_path):
     from resnet_cifar.cli import main
 
     x, y = synthetic_images(2, 3)
-    for i, (img, label) in enumerate(zip(x, y)):
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
         d = tmp_path / "ds" / "train" / f"class{label}"
         d.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img.transpose(1, 2, 0)).save(d / f"{i}.png")

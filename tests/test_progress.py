@@ -1,8 +1,8 @@
 import io
 
 import torch
-from helpers import TINY, tiny_dataset
 
+from helpers import TINY, tiny_dataset
 from resnet_cifar.config import resolve
 from resnet_cifar.engine import fit
 from resnet_cifar.progress import Console

@@ -6,8 +6,7 @@ import contextlib
 import io
 from pathlib import Path
 
-from test_docs import NOT_RUN, blocks, commands
-
+from docs_helpers import NOT_RUN, blocks, commands
 from resnet_cifar.cli import build_parser, main
 
 RECIPES = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"

@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from reliability_helpers import assert_one_line_error, run_main, tiny_config, tiny_dataset, train_argv, write_folder
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar import engine
 from resnet_cifar.errors import CheckpointError
-from reliability_helpers import (assert_one_line_error, run_main, tiny_config, tiny_dataset, train_argv,
-                                      write_folder)
 
 
 def _state(i: int, n: int = 400_000) -> dict:

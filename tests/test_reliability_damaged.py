@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from reliability_helpers import assert_one_line_error, run_main, tiny_config, tiny_dataset, write_folder
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar import engine
 from resnet_cifar.errors import CheckpointError, UsageError
-from reliability_helpers import (assert_one_line_error, run_main, tiny_config, tiny_dataset, write_folder)
 
 
 # ------------------------------------------------------------------------- case 7: damaged files

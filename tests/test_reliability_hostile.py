@@ -15,9 +15,9 @@ import pickle
 import pytest
 import torch
 
+from reliability_helpers import assert_one_line_error, run_main, write_folder
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar.errors import CheckpointError
-from reliability_helpers import assert_one_line_error, run_main, write_folder
 
 
 class _TouchMarker:

@@ -10,13 +10,21 @@ from __future__ import annotations
 import pytest
 import torch
 
+from reliability_helpers import (
+    all_finite,
+    assert_one_line_error,
+    assert_same_tensors,
+    run_main,
+    tiny_config,
+    tiny_dataset,
+    train_argv,
+    write_folder,
+)
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar import engine
 from resnet_cifar.errors import WorkError
 from resnet_cifar.models.resnet import CifarResNet
 from resnet_cifar.progress import Silent
-from reliability_helpers import (all_finite, assert_one_line_error, assert_same_tensors, run_main,
-                                      tiny_config, tiny_dataset, train_argv, write_folder)
 
 REAL_FORWARD = CifarResNet.forward
 
@@ -189,7 +197,7 @@ def test_auto_batch_halves_until_it_fits_and_equals_that_accumulation_from_the_s
     state = ckpt.load(tmp_path / "auto" / "checkpoints" / "last.pt")
     assert state["accum_steps"] == 4 and results["accum_steps"] == 4  # recorded for resume
     assert_same_tensors(state["model"], ref_state["model"])
-    for a, b in zip(state["history"], ref_state["history"]):
+    for a, b in zip(state["history"], ref_state["history"], strict=True):
         assert (a["train_loss"], a["train_acc"], a["val_loss"]) == (b["train_loss"], b["train_acc"], b["val_loss"])
     assert results["best_val_acc"] == reference["best_val_acc"]
     assert len([ln for ln in log.lines if "--auto-batch" in ln]) == 2, log.lines

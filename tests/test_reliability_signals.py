@@ -25,12 +25,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from reliability_helpers import (
+    assert_one_line_stop,
+    assert_same_tensors,
+    model_state,
+    run_main,
+    start_cli,
+    tiny_config,
+    tiny_dataset,
+    train_argv,
+    wait_for,
+    write_folder,
+)
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar import engine
 from resnet_cifar.errors import Interrupted
 from resnet_cifar.models.resnet import CifarResNet
-from reliability_helpers import (assert_one_line_stop, assert_same_tensors, model_state, run_main,
-                                 start_cli, tiny_config, tiny_dataset, train_argv, wait_for, write_folder)
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 

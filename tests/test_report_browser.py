@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from report_helpers import make_run_dir
 from resnet_cifar.report import build_report
-from test_report import make_run_dir
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 SCREENSHOT_DIR = Path("/tmp/resnet-cifar-report-screens")

@@ -9,8 +9,8 @@ import signal
 import sys
 
 import pytest
-from reliability_helpers import tiny_config, tiny_dataset
 
+from reliability_helpers import tiny_config, tiny_dataset
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar import engine
 from resnet_cifar import run as runs

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from reliability_helpers import (
     PY,
     assert_one_line_error,
@@ -30,7 +31,6 @@ from reliability_helpers import (
     wait_for,
     write_folder,
 )
-
 from resnet_cifar.models.resnet import CifarResNet
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX locks and signals")

@@ -191,7 +191,7 @@ def test_tta_views_and_weights():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(5)).eval()
     x = torch.randn(3, 3, 8, 8)
     model(x)
-    flip = lambda t: t.flip(-1)  # noqa: E731
+    flip = lambda t: t.flip(-1)
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     up_left, down_right = padded[..., :8, :8], padded[..., 2:, 2:]
     expected = (0.25 * model(x) + 0.25 * model(flip(x))

@@ -9,8 +9,8 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_dataset
 
+from helpers import tiny_dataset
 from resnet_cifar.cli import main
 from resnet_cifar.config import resolve
 from resnet_cifar.data.loader import Augment, normalize, plan_epoch
@@ -111,7 +111,7 @@ def test_speedrun_resumes_bitwise(tmp_path):
     state = load_resume_state(tmp_path / "cut")
     assert state["step"] == 6 and state["lookahead"] is not None
     fit(cfg, data, tmp_path / "cut", resume_state=state)
-    load = lambda d: torch.load(d / "checkpoints" / "last.pt", weights_only=True)  # noqa: E731
+    load = lambda d: torch.load(d / "checkpoints" / "last.pt", weights_only=True)
     a, b = load(tmp_path / "full"), load(tmp_path / "cut")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["lookahead"]["slow"][k], b["lookahead"]["slow"][k]) for k in a["lookahead"]["slow"])

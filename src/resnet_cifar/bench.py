@@ -147,7 +147,7 @@ class _Ours:
 
 def _have_torchvision() -> bool:
     try:
-        import torchvision.transforms  # noqa: F401
+        import torchvision.transforms  # noqa: F401 - only whether it imports
     except ImportError:
         return False
     return True

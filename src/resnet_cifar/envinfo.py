@@ -27,7 +27,7 @@ def _version(dist: str) -> str | None:
 
     try:
         return metadata.version(dist)
-    except Exception:  # noqa: BLE001 - absent or broken metadata: report as missing
+    except Exception:  # absent or broken metadata: report as missing
         return None
 
 
@@ -41,7 +41,7 @@ def _tensor_check(device: str) -> dict[str, Any]:
         value = float(y.cpu())
         ok = value == value  # not NaN
         return {"ok": bool(ok), "error": None if ok else "the result was NaN"}
-    except Exception as e:  # noqa: BLE001 - the point is to report, not crash
+    except Exception as e:  # the point is to report, not crash
         return {"ok": False, "error": describe(e, 300)}
 
 
@@ -50,7 +50,7 @@ def _bf16_check(device: str) -> dict[str, Any]:
         a = torch.randn(8, 8, device=device, dtype=torch.bfloat16)
         float((a @ a).float().sum().cpu())
         return {"ok": True, "error": None}
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return {"ok": False, "error": describe(e, 300)}
 
 
@@ -59,14 +59,14 @@ def cuda_info() -> dict[str, Any]:
                             "cudnn_version": None, "devices": [], "error": None}
     try:
         info["available"] = bool(torch.cuda.is_available())
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         info["error"] = describe(e, 300)
         return info
     if not info["available"]:
         return info
     try:
         info["cudnn_version"] = torch.backends.cudnn.version()
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     for i in range(torch.cuda.device_count()):
         dev: dict[str, Any] = {"index": i}
@@ -77,13 +77,13 @@ def cuda_info() -> dict[str, Any]:
                        multiprocessors=p.multi_processor_count)
             free, _total = torch.cuda.mem_get_info(i)
             dev["free_memory_gib"] = round(free / 2**30, 2)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             dev["error"] = describe(e, 300)
         dev["tensor_check"] = _tensor_check(f"cuda:{i}")
         try:
             with torch.cuda.device(i):
                 dev["bf16_supported"] = bool(torch.cuda.is_bf16_supported())
-        except Exception:  # noqa: BLE001
+        except Exception:
             dev["bf16_supported"] = False
         info["devices"].append(dev)
     return info
@@ -94,7 +94,7 @@ def mps_info() -> dict[str, Any]:
     info: dict[str, Any] = {"built": bool(mps and mps.is_built()), "available": False}
     try:
         info["available"] = bool(mps and mps.is_available())
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         info["error"] = describe(e, 300)
     if info["available"]:
         info["tensor_check"] = _tensor_check("mps")
@@ -113,7 +113,7 @@ def compile_info(check_cuda: bool) -> dict[str, Any]:
     try:
         # find_spec, not import: importing inductor takes seconds and compiles nothing.
         info["inductor"] = importlib.util.find_spec("torch._inductor") is not None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         info["notes"].append(f"torch._inductor cannot be found ({describe(e, 300)})")
     cc = os.environ.get("CXX") or os.environ.get("CC")
     for cand in ([cc] if cc else []) + ["g++", "c++", "clang++", "gcc", "cc", "clang"]:
@@ -224,8 +224,10 @@ def collect(device: str = "auto", data_dir: str | Path = "data", verify: bool = 
     device: "auto" checks every accelerator found; "cpu" skips them; "cuda" / "mps" raise
     UsageError (exit 2) when that accelerator is absent or fails its tensor check.
     """
-    if device not in ("auto", "cpu", "cuda", "mps"):
-        raise UsageError(f"unknown device {device!r}; choose one of: auto, cpu, cuda, mps")
+    from .config import DEVICES
+
+    if device not in DEVICES:
+        raise UsageError(f"unknown device {device!r}; choose one of: {', '.join(DEVICES)}")
     from . import __version__
 
     check_cuda = device in ("auto", "cuda")

@@ -52,7 +52,7 @@ def _require_onnx(need_exporter: bool = True):
     for mod in (["onnx", "onnxscript"] if need_exporter else []) + ["onnxruntime"]:
         try:
             __import__(mod)
-        except Exception:  # noqa: BLE001 - absent or broken install: same advice
+        except Exception:  # absent or broken install: same advice
             missing.append(mod)
     if missing:
         raise UsageError(f"ONNX export needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
@@ -74,7 +74,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, 
                                         output_names=["logits"], dynamic_shapes=({0: batch},),
                                         external_data=False, verbose=False)
         proto = program.model_proto
-    except Exception as e:  # noqa: BLE001 - try the older exporter before giving up
+    except Exception as e:  # try the older exporter before giving up
         errors.append(f"dynamo exporter: {describe(e)}")
         exporter = "torchscript-based"
         try:
@@ -85,7 +85,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, meta: dict[str, 
                                   output_names=["logits"], opset_version=17,
                                   dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
             proto = onnx.load_from_string(buf.getvalue())
-        except Exception as e2:  # noqa: BLE001
+        except Exception as e2:
             errors.append(f"torchscript-based exporter: {describe(e2)}")
             raise WorkError(f"ONNX export failed ({'; '.join(errors)[:400]}); try --format torchscript") from None
     for k, v in meta.items():
@@ -180,7 +180,7 @@ def _check_against_pytorch(model, state, fmt: str, check_batch: int, seed: int, 
                 got = _run_torchscript(data, check)
     except (WorkError, UsageError):
         raise
-    except Exception as e:  # noqa: BLE001 - export or reload failed: one line, no traceback
+    except Exception as e:  # export or reload failed: one line, no traceback
         raise WorkError(f"{fmt} export of {state['path']} failed ({describe(e, 300)})") from None
     if got.shape != reference.shape:
         raise WorkError(f"the exported {fmt} model returned shape {tuple(got.shape)}, PyTorch "

@@ -33,7 +33,7 @@ def load_images(paths: list[str | Path]) -> list[dict[str, Any]]:
         try:
             arr, resized = load_image(p)
             entry["pixels"], entry["resized"] = arr, bool(resized)
-        except Exception as e:  # noqa: BLE001 - any failure belongs to this file only
+        except Exception as e:  # any failure belongs to this file only
             entry["error"] = _error_text(e)
         out.append(entry)
     return out
@@ -84,8 +84,8 @@ def predict_files(checkpoint: str | Path, images: list[str | Path], *, topk: int
     if good:
         probs = classify(model, np.stack([e["pixels"] for e in good]), mean, std, device=dev)
         values, indices = probs.topk(k, dim=1)
-        for e, v, i in zip(good, values.tolist(), indices.tolist()):
-            e["top"] = [{"class": classes[j], "index": int(j), "prob": float(p)} for p, j in zip(v, i)]
+        for e, v, i in zip(good, values.tolist(), indices.tolist(), strict=True):
+            e["top"] = [{"class": classes[j], "index": int(j), "prob": float(p)} for p, j in zip(v, i, strict=True)]
     predictions = [{"file": e["file"], "top": e.get("top", []), "resized": e["resized"],
                     "error": e["error"]} for e in entries]
     return {"checkpoint": state.get("path", str(checkpoint)), "model": dict(state["model_args"]),

@@ -170,7 +170,7 @@ def preview_dataset(ds, *, n: int = 64, augment: bool | Augment = False, out: st
     what = describe_augment(aug, strong, mixing)
     title = f"{ds.name}{f' ({source})' if source else ''}: {len(x)} training images as the network sees them ({what}), seed {seed}"
     layout = render_grid(pixels, y, ds.classes, out, scale=scale, title=title)
-    for cell, idx in zip(layout["cells"], indices.tolist()):
+    for cell, idx in zip(layout["cells"], indices.tolist(), strict=True):
         cell["dataset_index"] = int(idx)
     layout.update(dataset=ds.name, n=len(x), augment=aug is not None, seed=seed, title=title, augmentation=what,
                   mean=list(ds.mean), std=list(ds.std), pixels=pixels)

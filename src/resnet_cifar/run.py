@@ -367,7 +367,7 @@ def build_report(run_dir: Path, log: Callable[[str], None], data=None) -> None:
             build(run_dir, images=data, log=log)  # the images in memory: no reload; it names its index.html
     except Interrupted:
         raise
-    except Exception as e:  # noqa: BLE001 - the training result stands even if the report fails
+    except Exception as e:  # the training result stands even if the report fails
         log(f"warning: the report could not be built ({type(e).__name__}: {e}); "
             f"retry with `resnet-cifar report {run_dir}`")
 

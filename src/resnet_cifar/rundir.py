@@ -54,7 +54,7 @@ def _checkpoint_tagged(path: Path) -> bool:
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - anything unreadable is simply no proof
+    except Exception:  # anything unreadable is simply no proof
         return False
     return isinstance(state, dict) and state.get("format") == FORMAT
 

@@ -145,7 +145,7 @@ def maybe_compile(model: torch.nn.Module, mode: str, device: torch.device, warn=
         return model
     try:
         compiled = torch.compile(model)
-    except Exception as e:  # noqa: BLE001 - any compiler failure means "run eager"
+    except Exception as e:  # any compiler failure means "run eager"
         _warn_compile(e, warn)
         return model
     return CompileFallback(compiled, model, warn)
@@ -187,7 +187,7 @@ class CompileFallback(torch.nn.Module):
                         out = compiled(*args, **kwargs)
                 else:
                     out = compiled(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001 - judged below
+            except Exception as e:  # judged below
                 if isinstance(e, torch.OutOfMemoryError) or not (self._ok_calls == 0 or _is_compiler_error(e)):
                     raise
                 object.__setattr__(self, "_compiled", None)
@@ -212,7 +212,7 @@ def _eager_backward_lowering():
 
         if hasattr(functorch_config, "force_non_lazy_backward_lowering"):
             return functorch_config.patch(force_non_lazy_backward_lowering=True)
-    except Exception:  # noqa: BLE001 - an internal knob; without it the guard still covers the forward
+    except Exception:  # an internal knob; without it the guard still covers the forward
         pass
     return contextlib.nullcontext()
 

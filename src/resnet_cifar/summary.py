@@ -185,7 +185,7 @@ def format_table(summary: dict[str, Any], max_depth: int = 3) -> str:
     shown = [r for r in rows if r["depth"] <= max_depth]
     prefixes = _tree_prefixes(rows, max_depth)
     labels, params = [], []
-    for r, pre in zip(shown, prefixes):
+    for r, pre in zip(shown, prefixes, strict=True):
         labels.append(f"{pre}{r['type']}" + (f": {r['depth']}-{r['index']}" if r["depth"] else ""))
         folded = r["has_children"] and r["depth"] == max_depth
         n = r["total_params"] if folded else r["params"]
@@ -198,7 +198,7 @@ def format_table(summary: dict[str, Any], max_depth: int = 3) -> str:
     lines = ["=" * width,
              f"{'Layer (type:depth-idx)':<{w1}}{'Output Shape':<{w2}}{'Param #':>{w3}}",
              "=" * width]
-    for a, b, c in zip(labels, shapes, params):
+    for a, b, c in zip(labels, shapes, params, strict=True):
         lines.append(f"{a:<{w1}}{b:<{w2}}{c:>{w3}}")
     macs = summary["macs_per_image"]
     lines += [

@@ -108,7 +108,7 @@ def run_stats(args) -> int:
     for c in st["classes"]:
         test = st["test_per_class"][c] if st["test_per_class"] else "-"
         print(f"  {c:<{width}}  {st['train_per_class'][c]:>7}  {test:>7}")
-    fmt = lambda v: ", ".join(f"{x:.4f}" for x in v)  # noqa: E731
+    fmt = lambda v: ", ".join(f"{x:.4f}" for x in v)
     print(f"  train mean  {fmt(st['train_mean'])}   (normalisation uses {fmt(st['mean_in_use'])})")
     print(f"  train std   {fmt(st['train_std'])}   (normalisation uses {fmt(st['std_in_use'])})")
     return 0

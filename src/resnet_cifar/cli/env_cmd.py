@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ..config import DEVICES
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
@@ -12,7 +14,7 @@ def add_parser(subparsers):
                     "tensor operation on each, bf16 and torch.compile support, and the datasets "
                     "present (and MD5-verified) under --data-dir.")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+    p.add_argument("--device", default="auto", choices=DEVICES,
                    help="auto: check every accelerator; cuda/mps: fail (exit 2) when it is absent")
     p.add_argument("--data-dir", default="data", help="where datasets live (default: data)")
     p.add_argument("--no-verify", action="store_true",

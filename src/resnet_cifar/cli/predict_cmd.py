@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..config import DEVICES
 from .common import add_foreign_flags, foreign_kwargs
 
 
@@ -21,7 +22,7 @@ def add_parser(subparsers):
     p.add_argument("--topk", type=int, default=3, help="classes to show per image (default 3)")
     p.add_argument("--json", action="store_true",
                    help='print one JSON object {"predictions": [{"file", "top": [{"class", "prob"}], "error"}]}')
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+    p.add_argument("--device", choices=DEVICES, default="auto",
                    help="where to run (auto: CUDA when available)")
     add_foreign_flags(p)
     p.set_defaults(run=run)

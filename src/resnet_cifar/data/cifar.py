@@ -287,7 +287,7 @@ def _unpickle(raw: bytes, path: Path) -> dict:
         # The real files are Python-2 pickles: encoding="bytes" keeps their str keys as bytes
         # and hands numpy the raw array bytes unchanged.
         obj = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+    except Exception as e:  # any unpickling failure means a bad file
         raise DataError(f"{path} is not a CIFAR batch file ({e}); delete {path.parent} and "
                         f"download again") from None
     if not isinstance(obj, dict):

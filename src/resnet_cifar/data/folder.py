@@ -169,7 +169,7 @@ def _read_cache(path: Path, key: str, labels: np.ndarray, log: Log):
             x, y, meta = z["x"], z["y"], z["meta"]
             ok = (str(z["key"]) == key and x.dtype == np.uint8
                   and x.shape == (len(labels), 3, SIZE, SIZE) and np.array_equal(y, labels))
-    except Exception as e:  # noqa: BLE001 - an unreadable cache is just decoded again
+    except Exception as e:  # an unreadable cache is just decoded again
         _say(log, f"ignoring unreadable cache {path} ({type(e).__name__}); decoding again")
         return None
     if not ok:

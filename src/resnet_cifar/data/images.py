@@ -120,7 +120,7 @@ def load_image(path: str | Path) -> tuple[np.ndarray, bool]:
             from None
     except DataError:
         raise
-    except Exception as e:  # noqa: BLE001 - any failure to decode means a bad file
+    except Exception as e:  # any failure to decode means a bad file
         raise DataError(f"cannot read image {path} ({describe(e, 200)}); the file is "
                         f"corrupt or not an image: replace or remove it") from None
     resized = arr.shape[:2] != (SIZE, SIZE)

@@ -12,8 +12,7 @@ from typing import Callable
 import torch.nn as nn
 
 from ..errors import UsageError
-from .resnet import (BasicBlock, Bottleneck, CifarResNet, PreActBlock, ResNet,
-                     init_weights)
+from .resnet import BasicBlock, Bottleneck, CifarResNet, PreActBlock, ResNet, init_weights
 from .speedrun import SpeedrunResNet
 from .wide import WideResNet
 

@@ -15,7 +15,6 @@ Two families:
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -77,7 +77,7 @@ def load_eval_images(config: dict | None, predictions: dict, eval_split: str | N
             ds = load_dataset(name, data_dir, download=False, log=log)
         # Any exception: the data may be gone, corrupt or of another version; the report still
         # renders, and the message says what happened.
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             msg = first_line(e, empty=type(e).__name__)
             return None, (f"the {name} images could not be loaded from {data_dir!r} ({msg}). Put the "
                           f"data back there, or rebuild with build_report(run_dir, images=...).")

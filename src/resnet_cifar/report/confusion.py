@@ -76,7 +76,7 @@ def write_confusion_csv(cm: np.ndarray, classes: list[str], path: str | Path) ->
     with p.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["true \\ predicted", *classes])
-        for name, row in zip(classes, np.asarray(cm)):
+        for name, row in zip(classes, np.asarray(cm), strict=True):
             w.writerow([name, *(int(v) for v in row)])
     return p
 

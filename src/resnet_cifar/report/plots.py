@@ -237,8 +237,8 @@ def plot_reliability(rel: dict[str, Any], path) -> Path:
     acc = [b["accuracy"] if b["accuracy"] is not None else 0.0 for b in bins]
     conf = [b["confidence"] if b["confidence"] is not None else 0.0 for b in bins]
     ax.bar(centres, acc, width=width, edgecolor="#333333", color="#4c72b0", label="accuracy")
-    gap_bottom = [min(a, c) for a, c in zip(acc, conf)]
-    gap_height = [abs(c - a) if b["count"] else 0.0 for a, c, b in zip(acc, conf, bins)]
+    gap_bottom = [min(a, c) for a, c in zip(acc, conf, strict=True)]
+    gap_height = [abs(c - a) if b["count"] else 0.0 for a, c, b in zip(acc, conf, bins, strict=True)]
     ax.bar(centres, gap_height, bottom=gap_bottom, width=width, color="#d62728", alpha=0.35,
            edgecolor="#d62728", hatch="//", label="gap to confidence")
     ax.plot([0, 1], [0, 1], "--", color="#555555", label="perfect calibration")
