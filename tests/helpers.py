@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from resnet_cifar.progress import Silent
+
 
 def make_images(n_per_class: int, num_classes: int, seed: int = 0, signal: bool = True):
     """uint8 images (N,3,32,32) and labels with a learnable signal: each class has its own colour
@@ -56,3 +58,15 @@ def tiny_dataset(n_per_class: int = 40, num_classes: int = 4, test_per_class: in
 
 TINY = dict(model="resnet20", width=0.25, dataset="folder", device="cpu", epochs=2, batch_size=32,
             val_size=32, lr=0.05, scheduler="cosine", swa=False, ema=0.0, report=False, compile="off")
+
+
+class CrashAfter(Silent):
+    """A progress sink that raises after `steps` training steps: a crash mid-run, for resume tests."""
+
+    def __init__(self, steps):
+        self.steps, self.seen = steps, 0
+
+    def step(self, images, sums):
+        self.seen += 1
+        if self.seen == self.steps:
+            raise RuntimeError("crash")

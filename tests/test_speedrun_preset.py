@@ -10,14 +10,14 @@ import json
 import pytest
 import torch
 
-from helpers import tiny_dataset
+from helpers import CrashAfter, tiny_dataset
 from resnet_cifar.cli import main
 from resnet_cifar.config import resolve
 from resnet_cifar.data.loader import Augment, normalize, plan_epoch
 from resnet_cifar.engine import build_parts, fit, load_resume_state
 from resnet_cifar.models.speedrun import whitening_weights
 from resnet_cifar.optim import sgd_hyperparameters
-from resnet_cifar.progress import Console, Silent
+from resnet_cifar.progress import Console
 
 # speedrun_resnet at width 0.125 (widths 8 / 32 / 32, 3 classes), MACs by hand (as in test_speedrun_parts)
 TINY_MACS = (31 * 31 * 24 * 3 * 2 * 2 + 31 * 31 * 8 * 24 * 9 + 15 * 15 * 8 * 8 * 9 + 15 * 15 * 32 * 8 * 9
@@ -91,23 +91,13 @@ def test_speedrun_trains_reports_compute_and_tta(png_folder, tmp_path, capsys):
     assert [int(row["train_flops"]) for row in rows] == [TINY_MACS * 6 * 30 * e for e in (1, 2)]
 
 
-class _CrashAfter(Silent):
-    def __init__(self, steps):
-        self.steps, self.seen = steps, 0
-
-    def step(self, images, sums):
-        self.seen += 1
-        if self.seen == self.steps:
-            raise RuntimeError("crash")
-
-
 def test_speedrun_resumes_bitwise(tmp_path):
     """Mid-epoch, across a lookahead update (every 5 steps) and the whitening bias' last epoch."""
     data = tiny_dataset(num_classes=3)
     cfg = speedrun(epochs=4, whiten_bias_epochs=1, deterministic=True, checkpoint_every=3, batch_size=24)
     fit(cfg, data, tmp_path / "full")
     with pytest.raises(RuntimeError, match="crash"):
-        fit(cfg, data, tmp_path / "cut", progress=_CrashAfter(steps=7))       # last.pt at step 6
+        fit(cfg, data, tmp_path / "cut", progress=CrashAfter(steps=7))       # last.pt at step 6
     state = load_resume_state(tmp_path / "cut")
     assert state["step"] == 6 and state["lookahead"] is not None
     fit(cfg, data, tmp_path / "cut", resume_state=state)

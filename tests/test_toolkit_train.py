@@ -10,7 +10,7 @@ import csv
 import pytest
 import torch
 
-from helpers import TINY, tiny_dataset
+from helpers import TINY, CrashAfter, tiny_dataset
 from resnet_cifar.config import resolve
 from resnet_cifar.data.augment import StrongAugment
 from resnet_cifar.data.loader import Augment, DeviceLoader
@@ -18,21 +18,10 @@ from resnet_cifar.data.policies import Policy
 from resnet_cifar.engine import StepSetup, build_parts, fit, load_resume_state, train_step
 from resnet_cifar.errors import UsageError
 from resnet_cifar.models import build_model
-from resnet_cifar.progress import Silent
 
 
 def cfg_for(**kw):
     return resolve(flag_values={**TINY, **kw})
-
-
-class _CrashAfter(Silent):
-    def __init__(self, steps):
-        self.steps, self.seen = steps, 0
-
-    def step(self, images, sums):
-        self.seen += 1
-        if self.seen == self.steps:
-            raise RuntimeError("crash")
 
 
 RECIPES = {
@@ -49,7 +38,7 @@ def test_resume_mid_epoch_is_bitwise_equal_to_an_uninterrupted_run(tmp_path, nam
     cfg = cfg_for(deterministic=True, checkpoint_every=2, **RECIPES[name])
     fit(cfg, data, tmp_path / "full")
     with pytest.raises(RuntimeError, match="crash"):
-        fit(cfg, data, tmp_path / "cut", progress=_CrashAfter(steps=7))  # checkpoint at step 6, mid-epoch 2
+        fit(cfg, data, tmp_path / "cut", progress=CrashAfter(steps=7))  # checkpoint at step 6, mid-epoch 2
     state = load_resume_state(tmp_path / "cut")
     assert (state["epoch"], state["batch"]) == (1, 2)
     fit(cfg, data, tmp_path / "cut", resume_state=state)
