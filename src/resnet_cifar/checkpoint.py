@@ -23,7 +23,7 @@ import torch
 
 from . import bounds
 from .errors import CheckpointError, UsageError, first_line
-from .fsutil import atomic_write, remove_leftover_temps  # noqa: F401 - the engine saves through these
+from .fsutil import atomic_write
 
 FORMAT = "resnet-cifar/1"
 

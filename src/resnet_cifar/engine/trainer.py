@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import checkpoint as ckpt
-from .. import compute, finite, runtime
+from .. import compute, finite, fsutil, runtime
 from .. import distributed as distm
 from ..config import Config
 from ..data import Dataset, fingerprint
@@ -75,7 +75,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.dir_made = False    # set by `fit` (prepare_run_dir) or the first save; see check_dir
         if self.world.is_main and self.ckpt_dir.is_dir():
-            for f in ckpt.remove_leftover_temps(self.ckpt_dir):
+            for f in fsutil.remove_leftover_temps(self.ckpt_dir):
                 self.progress.log(f"removed {f.name}, left by a save that was interrupted")
 
     # ------------------------------------------------------------------ checkpoints
