@@ -186,6 +186,22 @@ def test_every_image_once_per_epoch_and_last_batch_kept():
     assert sorted(torch.cat([yb for _, _, yb in batches]).tolist()) == list(range(50))
 
 
+def test_drop_last_gives_full_batches_and_leaves_out_another_remainder_each_epoch():
+    x = _images(50)
+    loader = _loader(x, augment=AUG, seed=2, batch_size=16, drop_last=True)
+    assert len(loader) == 3 and loader.images_per_epoch == 48 and loader.num_images == 50
+    seen = []
+    for epoch in range(6):
+        batches = _all(loader, epoch)
+        assert [len(yb) for _, _, yb in batches] == [16, 16, 16]
+        labels = torch.cat([yb for _, _, yb in batches]).tolist()
+        assert len(set(labels)) == 48
+        seen.append(frozenset(range(50)) - set(labels))
+    assert len(set(seen)) > 1                         # the two left out change with the epoch's order
+    with pytest.raises(ValueError, match="leaves no batch"):
+        _loader(_images(10), augment=AUG, batch_size=16, drop_last=True)
+
+
 # ------------------------------------------------------------------------------------ cutout
 @pytest.mark.parametrize("size", [1, 4, 7, 8])
 def test_cutout_zeroes_a_square_of_the_right_size(size):

@@ -33,7 +33,7 @@ def speedrun(**kw):
 def test_preset_is_airbench94s_recipe():
     cfg = resolve(preset="speedrun")
     lr, wd = sgd_hyperparameters(1024)
-    assert (cfg.model, cfg.epochs, cfg.batch_size) == ("speedrun_resnet", 10, 1024)
+    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.drop_last) == ("speedrun_resnet", 11, 1024, True)
     assert cfg.lr == pytest.approx(lr) and cfg.weight_decay == pytest.approx(wd)
     assert (cfg.momentum, cfg.nesterov, cfg.label_smoothing, cfg.scheduler) == (0.85, True, 0.2, "triangle")
     assert (cfg.bias_lr_scale, cfg.whiten, cfg.whiten_bias_epochs, cfg.lookahead) == (64.0, True, 3, True)
@@ -81,14 +81,15 @@ def test_speedrun_trains_reports_compute_and_tta(png_folder, tmp_path, capsys):
     r = json.loads((out / "results.json").read_text())
     assert r["model"] == "speedrun_resnet" and r["num_train"] == 30 and r["eval_split"] == "test"
     assert r["macs_per_image"] == TINY_MACS
-    assert r["train_flops"] == TINY_MACS * 2 * 3 * 30 * 2                  # MACs x 2 x 3 x images seen
+    # MACs x 2 x 3 x images seen: the preset drops the last, smaller batch, so one batch of 16 an epoch
+    assert r["train_flops"] == TINY_MACS * 2 * 3 * 16 * 2
     # validation (6 images, 2 epochs) + the test split once (12 images) + its 6 TTA views
     assert r["eval_flops"] == TINY_MACS * 2 * (6 * 2 + 12 * (1 + 6))
     assert set(r["flops_to_acc"]) == set(r["time_to_acc"]) == {"0.90", "0.93", "0.94", "0.95"}
     assert all((r["flops_to_acc"][k] is None) == (r["time_to_acc"][k] is None) for k in r["time_to_acc"])
-    assert r["test_acc_tta"] is not None and r["steps"] == 4
+    assert r["test_acc_tta"] is not None and r["steps"] == 2
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [int(row["train_flops"]) for row in rows] == [TINY_MACS * 6 * 30 * e for e in (1, 2)]
+    assert [int(row["train_flops"]) for row in rows] == [TINY_MACS * 6 * 16 * e for e in (1, 2)]
 
 
 def test_speedrun_resumes_bitwise(tmp_path):
@@ -179,12 +180,14 @@ def _ddp_worker(rank, world_size, port, tmp):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     world = distm.World(rank=rank, local_rank=rank, size=world_size, local_size=world_size)
-    cfg = speedrun(epochs=2, batch_size=16, val_size=8, whiten_bias_epochs=1)
+    cfg = speedrun(epochs=3, batch_size=16, val_size=8, whiten_bias_epochs=1)
     engine.setup(cfg, world)
     trainer = engine.Trainer(cfg, tiny_dataset(n_per_class=12, num_classes=4, test_per_class=0), f"{tmp}/ddp",
                              world=world)
     stop = engine.StopFlag()
-    for e in (1, 2):                   # 3 steps per epoch: a lookahead update at step 5, the bias frozen in epoch 2
+    # 40 images, batch 16, the preset's --drop-last: 2 full steps per epoch (8 per rank), 6 in all: a lookahead
+    # update at step 5, the bias frozen from epoch 2
+    for e in (1, 2, 3):
         trainer.train_epoch(e, stop)
         trainer.state.end_epoch(e)
     torch.save({"model": trainer.model.state_dict(), "step": trainer.state.step}, f"{tmp}/rank{rank}.pt")

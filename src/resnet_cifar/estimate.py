@@ -105,5 +105,6 @@ def cpu_advice(cfg, num_classes: int, num_train: int, device: torch.device) -> s
         model = build_model(cfg.model, num_classes, cfg.width, cfg.zero_init_residual)
     model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
     rate = probe_flops_per_second(model, device, channels_last=cfg.channels_last)
-    seconds = estimated_seconds(forward_macs(model), num_train * cfg.epochs, rate)
+    per_epoch = num_train // cfg.batch_size * cfg.batch_size if cfg.drop_last else num_train
+    seconds = estimated_seconds(forward_macs(model), per_epoch * cfg.epochs, rate)
     return long_run_advice(seconds, device, cfg.dataset, cfg.data_dir, preset=cfg.preset)

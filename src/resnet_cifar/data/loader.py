@@ -132,7 +132,7 @@ class DeviceLoader:
                  seed: int = 0, augment: Augment = NO_AUGMENT, shuffle: bool = True,
                  channels_last: bool = True, rank: int = 0, world_size: int = 1,
                  device: torch.device | str | None = None, strong: StrongAugment | None = None,
-                 mixing: Mixing | None = None):
+                 mixing: Mixing | None = None, drop_last: bool = False):
         if x.dtype != torch.uint8 or x.dim() != 4:
             raise ValueError(f"expected uint8 images (N,3,H,W), got {x.dtype} {tuple(x.shape)}")
         device = torch.device(device) if device is not None else x.device
@@ -146,17 +146,28 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.rank, self.world_size = rank, world_size
         self.device = device
+        # drop_last: the epoch's order is a fresh permutation, so the images left out differ every epoch
+        if drop_last and len(self.x) < batch_size:
+            raise ValueError(f"drop_last with {len(self.x)} images and batch {batch_size} leaves no batch")
+        self.drop_last = drop_last
         # Policy / random erasing (data/augment.py) and mixup/cutmix (mixing.py): None when off,
         # so the default path does no extra work.
         self.strong = strong if strong is not None and strong.enabled else None
         self.mixing = mixing if mixing is not None and mixing.enabled else None
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.x) // self.batch_size
         return -(-len(self.x) // self.batch_size)  # ceil: the last, smaller batch is kept
 
     @property
     def num_images(self) -> int:
         return len(self.x)
+
+    @property
+    def images_per_epoch(self) -> int:
+        """Images one epoch trains on (all ranks): num_images, less the dropped remainder under drop_last."""
+        return len(self) * self.batch_size if self.drop_last else len(self.x)
 
     def _positions(self, b: int, device) -> torch.Tensor:
         """Epoch positions of batch b (this rank's contiguous share of it)."""

@@ -169,11 +169,14 @@ def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.W
     if cfg.optimizer == "sam" and amp == "fp16":  # its two passes and the loss scaler do not mix
         raise UsageError(f"--optimizer sam cannot run under fp16 (--amp {cfg.amp}"
                          f"{': this GPU has no bf16' if cfg.amp == 'auto' else ''}); pass --amp bf16 or off")
+    if cfg.drop_last and len(splits.train_y) < cfg.batch_size:
+        raise UsageError(f"--drop-last with {len(splits.train_y)} training images and --batch-size {cfg.batch_size} "
+                         "leaves no batch: lower --batch-size or drop --drop-last")
     loader = DeviceLoader(splits.train_x, splits.train_y, batch_size=cfg.batch_size, mean=data.mean, std=data.std,
                           seed=cfg.seed, augment=augment_from(cfg), channels_last=cfg.channels_last,
                           rank=world.rank, world_size=world.size, strong=strong_augment_from(cfg),
-                          mixing=mixing_from(cfg))
-    distm.validate_last_batch(loader.num_images, cfg.batch_size, cfg.accum_steps, world)
+                          mixing=mixing_from(cfg), drop_last=cfg.drop_last)
+    distm.validate_last_batch(loader.images_per_epoch, cfg.batch_size, cfg.accum_steps, world)
     model = make_model(cfg, data.num_classes, device, world, whiten_from=(splits.train_x, data.mean, data.std),
                        init=init)
     optimizer = make_optimizer(model, cfg, device)

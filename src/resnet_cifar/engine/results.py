@@ -97,10 +97,11 @@ def eval_images(cfg, splits, epochs: int) -> int:
     return n_val * epochs * (2 if cfg.ema > 0 else 1) + swa + (0 if final is None else len(final) * views)
 
 
-def compute_facts(macs: int, cfg, splits, state) -> dict[str, Any]:
-    """results.json's compute: training FLOPs (MACs x 2 x 3 x images seen), the training FLOPs at which
-    each accuracy was first reached, and the evaluation FLOPs apart."""
-    return {"train_flops": train_flops(macs, len(splits.train_y) * state.epoch),
+def compute_facts(macs: int, cfg, splits, state, images_per_epoch: int) -> dict[str, Any]:
+    """results.json's compute: training FLOPs (MACs x 2 x 3 x images seen: `images_per_epoch`, less than
+    the training split under --drop-last), the training FLOPs at which each accuracy was first reached,
+    and the evaluation FLOPs apart."""
+    return {"train_flops": train_flops(macs, images_per_epoch * state.epoch),
             "flops_to_acc": dict(state.flops_to_acc),
             "eval_flops": eval_flops(macs, eval_images(cfg, splits, state.epoch)), "macs_per_image": macs}
 

@@ -197,7 +197,7 @@ class Trainer:
         self.progress.epoch_start(epoch, cfg.epochs, self.steps_per_epoch, st.batch)
         self.parts.step.epoch = epoch - 1
         self.watch.reset()
-        n, B = self.train_loader.num_images, cfg.batch_size
+        n, B = self.train_loader.images_per_epoch, cfg.batch_size
         for done, (b, x, y) in enumerate(self.train_loader.batches(epoch, start=st.batch), 1):
             n_global = min(B, n - b * B)
             sums.add(self.loop_step(x, y, n_global, stop.signum is not None))
@@ -301,7 +301,7 @@ def run_facts(t: Trainer) -> dict:
     """What results.json records of the run itself (beside the evaluation and the best-weights choice)."""
     cfg, st, s = t.cfg, t.state, t.splits
     return {
-        **out.compute_facts(t.parts.macs, cfg, s, st),
+        **out.compute_facts(t.parts.macs, cfg, s, st, t.train_loader.images_per_epoch),
         "epochs": st.epoch, "steps": st.step, "train_seconds": st.elapsed, "time_to_acc": st.time_to_acc,
         "skipped_steps": st.skipped_steps, "model": cfg.model, "params": t.parts.params,
         "dataset": t.data.name, "classes": list(t.data.classes), "num_train": len(s.train_y),
