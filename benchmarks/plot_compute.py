@@ -1,7 +1,7 @@
 """Accuracy against training compute, one curve per run directory, as a PNG.
 
     python benchmarks/plot_compute.py RUN_DIR [RUN_DIR ...] [--airbench airbench_cpu.json] [--out FILE.png]
-        [--budget PFLOP] [--title TEXT]
+        [--budget PFLOP] [--point LABEL PFLOP ACC] [--title TEXT]
 
 Meant for `speedrun` against ResNet-18 `fast` cut short at the same compute (`--budget` draws the
 speedrun's budget as a vertical line), with airbench94's end point from `airbench_cpu.py`.
@@ -9,7 +9,9 @@ Each run's curve is its validation accuracy per epoch (metrics.csv; the best of 
 the run kept them) at the training compute spent by the end of that epoch: the `train_flops` column
 when metrics.csv has one, else forward MACs (our `summary` counter, model and width from the run's
 config.yaml) x 2 x 3 x training images seen (num_train from results.json, x epochs). The final TTA
-accuracy (results.json `eval_acc_tta`) is drawn as a marker at the run's total compute.
+accuracy (results.json `eval_acc_tta`) is drawn as a marker at the run's total compute. `--point`
+adds a measured end point by hand (e.g. airbench94's from benchmarks/README.md when its
+airbench_cpu.json is on another machine); say where it comes from in its label.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ def run_curve(run_dir: Path) -> dict:
         ys.append(100 * max(accs))
     tta = results.get("eval_acc_tta")
     total = results.get("train_flops") or train_flops(macs, results["num_train"] * results["epochs"])
-    label = f"{cfg.get('preset', '?')}: {cfg['model']}" + (f" x{cfg['width']:g}" if cfg["width"] != 1 else "")
+    label = (f"{cfg.get('preset', '?')}: {cfg['model']}" + (f" x{cfg['width']:g}" if cfg["width"] != 1 else "")
+             + f", {cfg['epochs']} epochs" + (f", seed {cfg['seed']}" if cfg.get("seed") else ""))
     return {"label": label, "pflop": xs, "acc": ys,
             "final_tta": (pflop(total), 100 * tta) if tta is not None else None}
 
@@ -67,7 +70,7 @@ def airbench_points(path: Path) -> list[tuple[str, float, float]]:
             if r.get("name") == "airbench94" and r.get("val_acc_tta") is not None]
 
 
-def plot(curves: list[dict], points, out: Path, budget: float | None, title: str) -> None:
+def plot(curves: list[dict], points, out: Path, budgets: list[float] | None, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,7 +84,7 @@ def plot(curves: list[dict], points, out: Path, budget: float | None, title: str
                     label=f"{c['label']} (+TTA)")
     for label, x, y in points:
         ax.plot(x, y, marker="D", ms=7, color="black", linestyle="none", label=label)
-    if budget:
+    for budget in budgets or ():
         ax.axvline(budget, color="grey", linestyle="--", linewidth=1, label=f"budget {budget:g} PFLOP")
     ax.set_xlabel("training compute (PFLOP: forward MACs x 2 x 3 x images seen)")
     ax.set_ylabel("validation accuracy (%)")
@@ -98,7 +101,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run directories (metrics.csv, results.json, config.yaml)")
     p.add_argument("--airbench", type=Path, help="airbench_cpu.json of benchmarks/airbench_cpu.py")
-    p.add_argument("--budget", type=float, help="draw this compute (PFLOP) as a vertical line")
+    p.add_argument("--budget", type=float, action="append", help="draw this compute (PFLOP) as a vertical line "
+                   "(repeatable)")
+    p.add_argument("--point", nargs=3, action="append", default=[], metavar=("LABEL", "PFLOP", "ACC"),
+                   help="a measured end point: its label, training PFLOP and accuracy in %% (repeatable)")
     p.add_argument("--out", type=Path, default=Path("accuracy_vs_compute.png"))
     p.add_argument("--title", default="CIFAR-10 (JPEG copy), 45,000 train / 5,000 val")
     args = p.parse_args(argv)
@@ -109,6 +115,11 @@ def main(argv=None) -> int:
             return 2
     curves = [run_curve(d) for d in args.runs]
     points = airbench_points(args.airbench) if args.airbench else []
+    try:
+        points += [(label, float(x), float(y)) for label, x, y in args.point]
+    except ValueError:
+        print(f"plot_compute: --point takes LABEL PFLOP ACC with numbers, got {args.point}", file=sys.stderr)
+        return 2
     plot(curves, points, args.out, args.budget, args.title)
     for c in curves:
         end = f"{c['acc'][-1]:.2f}% at {c['pflop'][-1]:.4f} PFLOP" if c["acc"] else "no validation accuracy"

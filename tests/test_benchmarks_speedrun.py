@@ -106,7 +106,10 @@ def test_plot_compute_on_a_tiny_run(plot_compute, png_folder, tmp_path, capsys):
     ab.write_text(json.dumps({"runs": [{"name": "airbench94", "train_pflop": 1e-9, "val_acc_tta": 0.5}]}))
     png = tmp_path / "plot.png"
     capsys.readouterr()
-    assert plot_compute.main([str(run), "--airbench", str(ab), "--budget", "1e-9", "--out", str(png)]) == 0
+    assert plot_compute.main([str(run), "--airbench", str(ab), "--budget", "1e-9", "--budget", "2e-9",
+                              "--point", "by hand", "1.5e-9", "40", "--out", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "2 points" in capsys.readouterr().out
+    assert plot_compute.main([str(run), "--point", "x", "one", "40", "--out", str(tmp_path / "y.png")]) == 2
+    assert not (tmp_path / "y.png").exists()
     assert plot_compute.main([str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     assert not (tmp_path / "x.png").exists()

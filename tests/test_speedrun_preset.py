@@ -33,7 +33,7 @@ def speedrun(**kw):
 def test_preset_is_airbench94s_recipe():
     cfg = resolve(preset="speedrun")
     lr, wd = sgd_hyperparameters(1024)
-    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.drop_last) == ("speedrun_resnet", 11, 1024, True)
+    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.drop_last) == ("speedrun_resnet", 10, 1024, False)
     assert cfg.lr == pytest.approx(lr) and cfg.weight_decay == pytest.approx(wd)
     assert (cfg.momentum, cfg.nesterov, cfg.label_smoothing, cfg.scheduler) == (0.85, True, 0.2, "triangle")
     assert (cfg.bias_lr_scale, cfg.whiten, cfg.whiten_bias_epochs, cfg.lookahead) == (64.0, True, 3, True)
@@ -73,15 +73,15 @@ def test_alternating_flips_in_the_loader_plan():
 def test_speedrun_trains_reports_compute_and_tta(png_folder, tmp_path, capsys):
     out = tmp_path / "run"
     flags = ["train", "--preset", "speedrun", "--dataset", "folder", "--data-dir", str(png_folder), "--width",
-             "0.125", "--epochs", "2", "--batch-size", "16", "--val-size", "6", "--device", "cpu", "--no-report",
-             "--out", str(out)]
+             "0.125", "--epochs", "2", "--batch-size", "16", "--val-size", "6", "--drop-last", "--device", "cpu",
+             "--no-report", "--out", str(out)]
     assert main(flags) == 0
     err = capsys.readouterr().err
     assert err.splitlines()[0].startswith("device: CPU ")
     r = json.loads((out / "results.json").read_text())
     assert r["model"] == "speedrun_resnet" and r["num_train"] == 30 and r["eval_split"] == "test"
     assert r["macs_per_image"] == TINY_MACS
-    # MACs x 2 x 3 x images seen: the preset drops the last, smaller batch, so one batch of 16 an epoch
+    # MACs x 2 x 3 x images seen: --drop-last leaves out the last, smaller batch, so one batch of 16 an epoch
     assert r["train_flops"] == TINY_MACS * 2 * 3 * 16 * 2
     # validation (6 images, 2 epochs) + the test split once (12 images) + its 6 TTA views
     assert r["eval_flops"] == TINY_MACS * 2 * (6 * 2 + 12 * (1 + 6))
@@ -180,12 +180,12 @@ def _ddp_worker(rank, world_size, port, tmp):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     world = distm.World(rank=rank, local_rank=rank, size=world_size, local_size=world_size)
-    cfg = speedrun(epochs=3, batch_size=16, val_size=8, whiten_bias_epochs=1)
+    cfg = speedrun(epochs=3, batch_size=16, val_size=8, whiten_bias_epochs=1, drop_last=True)
     engine.setup(cfg, world)
     trainer = engine.Trainer(cfg, tiny_dataset(n_per_class=12, num_classes=4, test_per_class=0), f"{tmp}/ddp",
                              world=world)
     stop = engine.StopFlag()
-    # 40 images, batch 16, the preset's --drop-last: 2 full steps per epoch (8 per rank), 6 in all: a lookahead
+    # 40 images, batch 16, --drop-last: 2 full steps per epoch (8 images per rank), 6 in all: a lookahead
     # update at step 5, the bias frozen from epoch 2
     for e in (1, 2, 3):
         trainer.train_epoch(e, stop)
