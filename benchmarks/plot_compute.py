@@ -59,7 +59,8 @@ def run_curve(run_dir: Path) -> dict:
     tta = results.get("eval_acc_tta")
     total = results.get("train_flops") or train_flops(macs, results["num_train"] * results["epochs"])
     label = (f"{cfg.get('preset', '?')}: {cfg['model']}" + (f" x{cfg['width']:g}" if cfg["width"] != 1 else "")
-             + f", {cfg['epochs']} epochs" + (f", seed {cfg['seed']}" if cfg.get("seed") else ""))
+             + f", {cfg['epochs']} epochs" + (", drop-last" if cfg.get("drop_last") else "")
+             + (f", seed {cfg['seed']}" if cfg.get("seed") else ""))
     return {"label": label, "pflop": xs, "acc": ys,
             "final_tta": (pflop(total), 100 * tta) if tta is not None else None}
 
