@@ -38,6 +38,11 @@ def images_seen(num_train: int, epochs: float) -> int:
     return int(round(num_train * epochs))
 
 
+def images_per_epoch(num_train: int, batch_size: int, drop_last: bool) -> int:
+    """Images one epoch trains on: all of them, or under --drop-last only the full batches'."""
+    return num_train // batch_size * batch_size if drop_last else num_train
+
+
 def estimate_seconds(flops: float, flops_per_second: float) -> float:
     if not flops_per_second > 0:
         raise ValueError(f"flops_per_second must be > 0, got {flops_per_second}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .compute import forward_macs, train_flops
+from .compute import forward_macs, images_per_epoch, train_flops
 
 LONG_RUN_SECONDS = 2 * 3600
 # The preset's measured CPU result (README "No GPU?", benchmarks/README.md row S1; 2026-12-02, torch 2.14.1).
@@ -105,6 +105,6 @@ def cpu_advice(cfg, num_classes: int, num_train: int, device: torch.device) -> s
         model = build_model(cfg.model, num_classes, cfg.width, cfg.zero_init_residual)
     model = model.to(memory_format=torch.channels_last) if cfg.channels_last else model
     rate = probe_flops_per_second(model, device, channels_last=cfg.channels_last)
-    per_epoch = num_train // cfg.batch_size * cfg.batch_size if cfg.drop_last else num_train
+    per_epoch = images_per_epoch(num_train, cfg.batch_size, cfg.drop_last)
     seconds = estimated_seconds(forward_macs(model), per_epoch * cfg.epochs, rate)
     return long_run_advice(seconds, device, cfg.dataset, cfg.data_dir, preset=cfg.preset)

@@ -20,6 +20,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from ..compute import images_per_epoch
 from ..mixing import Mixing, draw, mix
 from .augment import StrongAugment, after_normalize, before_normalize, plan_strong
 
@@ -167,7 +168,7 @@ class DeviceLoader:
     @property
     def images_per_epoch(self) -> int:
         """Images one epoch trains on (all ranks): num_images, less the dropped remainder under drop_last."""
-        return len(self) * self.batch_size if self.drop_last else len(self.x)
+        return images_per_epoch(len(self.x), self.batch_size, self.drop_last)
 
     def _positions(self, b: int, device) -> torch.Tensor:
         """Epoch positions of batch b (this rank's contiguous share of it)."""
