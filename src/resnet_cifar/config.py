@@ -21,8 +21,8 @@ from .errors import UsageError, first_line
 
 MAX_CONFIG_BYTES = 1 << 20   # a config file is a few KB; this bounds the parser's work
 
-OPTIMIZERS = ("sgd", "adamw", "sam")          # sam: SAM over SGD (sam.SAM)
-SCHEDULERS = ("plateau", "cosine", "onecycle", "multistep", "constant", "triangle")
+OPTIMIZERS = ("sgd", "adamw", "sam", "muon")  # sam: SAM over SGD (sam.SAM); muon: Muon on conv filters (muon.py)
+SCHEDULERS = ("plateau", "cosine", "onecycle", "multistep", "constant", "triangle", "linear")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")    # the one list (runtime.pick_device, every --device flag)
 COMPILE_MODES = ("auto", "on", "off")
@@ -100,7 +100,8 @@ class Config:
     accum_steps: int = option(1, "optimisation", "split each batch into this many micro-batches", ge=1)
     drop_last: bool = option(False, "optimisation", "drop each epoch's last batch when it is smaller (another random "
                                                     "remainder every epoch, as airbench): every step a full batch")
-    optimizer: str = option("sgd", "optimisation", "optimizer (sam: SAM over SGD, 2 passes a step)", choices=OPTIMIZERS)
+    optimizer: str = option("sgd", "optimisation", "optimizer (sam: SAM over SGD, 2 passes a step; muon: Muon on the "
+                                                   "conv filters, SGD on the rest, as airbench94_muon)", choices=OPTIMIZERS)
     # Upper bounds of rates (MAX_LR) and decays: far above any recipe, far below float32's 3.4e38,
     # where the optimizer's update overflowed with a traceback (`--lr 1e308`).
     lr: float = option(0.1, "optimisation", "peak learning rate (after warm-up)", ge=0, gt=0, le=MAX_LR,
@@ -108,6 +109,10 @@ class Config:
     momentum: float = option(0.9, "optimisation", "SGD momentum", ge=0, lt=1)
     nesterov: bool = option(False, "optimisation", "Nesterov momentum (SGD)")
     sam_rho: float = option(0.05, "optimisation", "sam: the ascent step's radius", metavar="R", gt=0, le=10)
+    muon_lr: float = option(0.24, "optimisation", "muon: the conv filters' lr (they follow the schedule's shape; "
+                                                  "0.24 is airbench94_muon's)", metavar="LR", gt=0, le=MAX_LR)
+    muon_momentum: float = option(0.6, "optimisation", "muon: the conv filters' Nesterov momentum", metavar="M",
+                                  ge=0, lt=1)
     clip_grad_norm: float = option(0.0, "optimisation", "clip the gradient's norm (0 = off)", metavar="X", ge=0, le=1e6)
     weight_decay: float = option(5e-4, "optimisation", "L2 weight decay", ge=0, le=10,
                                  note=" (5e-4 is the tutorial's)")
@@ -375,7 +380,7 @@ def validate(cfg: Config) -> None:
          "keep a validation split or choose --scheduler cosine|onecycle|multistep|constant")
     need(all(0 < m < 1 for m in cfg.milestones),
          f"milestones are fractions of the epochs in (0, 1), got {cfg.milestones}")
-    need(cfg.optimizer != "adamw" or not cfg.nesterov, "--nesterov applies to --optimizer sgd|sam only")
+    need(cfg.optimizer != "adamw" or not cfg.nesterov, "--nesterov applies to --optimizer sgd|sam|muon only")
     if cfg.swa:
         start = swa_start_epoch(cfg)
         need(1 <= start <= cfg.epochs,

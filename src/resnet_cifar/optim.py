@@ -42,9 +42,9 @@ def _is_norm(module: nn.Module) -> bool:
 
 
 def speedrun_param_groups(model: nn.Module, weight_decay: float, bias_lr_scale: float = BIAS_LR_SCALE,
-                          whiten_bias_epochs: int = WHITEN_BIAS_EPOCHS) -> list[dict]:
+                          whiten_bias_epochs: int = WHITEN_BIAS_EPOCHS, whiten_lr_scale: float = 1.0) -> list[dict]:
     """Trainable parameters in three groups: norm biases (lr x scale, decay / scale), the whitening
-    bias (until `whiten_bias_epochs`), everything else. Empty groups are left out."""
+    bias (lr x whiten_lr_scale, until `whiten_bias_epochs`), everything else. Empty groups are left out."""
     norm_ids = {id(p) for m in model.modules() if _is_norm(m) for p in m.parameters(recurse=False)}
     whiten = getattr(model, "whiten", None)
     whiten_ids = {id(p) for p in whiten.parameters()} if isinstance(whiten, nn.Module) else set()
@@ -54,10 +54,24 @@ def speedrun_param_groups(model: nn.Module, weight_decay: float, bias_lr_scale: 
             (norm if id(p) in norm_ids else white if id(p) in whiten_ids else rest).append(p)
     groups = [
         {"params": norm, "lr_scale": bias_lr_scale, "weight_decay": weight_decay / bias_lr_scale},
-        {"params": white, "lr_scale": 1.0, "weight_decay": weight_decay, "until_epoch": whiten_bias_epochs},
+        {"params": white, "lr_scale": whiten_lr_scale, "weight_decay": weight_decay / whiten_lr_scale,
+         "until_epoch": whiten_bias_epochs},
         {"params": rest, "lr_scale": 1.0, "weight_decay": weight_decay},
     ]
     return [g for g in groups if g["params"]]
+
+
+def split_filters(groups: list[dict], muon_lr_scale: float) -> list[dict]:
+    """`groups` with every conv filter (4-D) moved into one Muon group first (muon.MuonSGD): lr x
+    `muon_lr_scale` (muon lr / the schedule's lr), no weight decay (Muon normalises the filters)."""
+    filters, rest = [], []
+    for g in groups:
+        keep = [p for p in g["params"] if p.dim() != 4]
+        filters += [p for p in g["params"] if p.dim() == 4]
+        if keep:
+            rest.append({**g, "params": keep})
+    muon = [{"params": filters, "muon": True, "lr_scale": muon_lr_scale, "weight_decay": 0.0}] if filters else []
+    return muon + rest
 
 
 def group_lr(group: dict, lr: float, epoch: int) -> float:

@@ -109,6 +109,10 @@ class LRSchedule:
             from .optim import triangle
 
             return self.base_lr * triangle(step, self.total_steps) * warm
+        if self.kind == "linear":
+            # airbench94_muon's: from base_lr straight down to 0 at the end (after any warm-up)
+            t = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+            return self.base_lr * (1.0 - min(max(t, 0.0), 1.0)) * warm
         raise ValueError(self.kind)
 
     def epoch_end(self, val_loss: float | None) -> bool:

@@ -24,7 +24,8 @@ from ..lookahead import Lookahead
 from ..mixing import Mixing
 from ..models import build_model, count_parameters
 from ..models.speedrun import WHITEN_IMAGES, init_whitening
-from ..optim import speedrun_param_groups
+from ..muon import MuonSGD
+from ..optim import speedrun_param_groups, split_filters
 from ..sam import SAM
 from ..schedule import LRSchedule, plan
 from .evaluate import Evaluator
@@ -78,7 +79,10 @@ def mixing_from(cfg: Config) -> Mixing:
 def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
     if cfg.bias_lr_scale != 1.0 or getattr(model, "whiten", None) is not None:
         # the speedrun recipe's groups: BN biases at a scaled lr, the whitening bias for its first epochs
-        groups = speedrun_param_groups(model, cfg.weight_decay, cfg.bias_lr_scale, cfg.whiten_bias_epochs)
+        # under muon the whitening bias learns at the BN biases' lr, as in airbench94_muon
+        whiten_lr_scale = cfg.bias_lr_scale if cfg.optimizer == "muon" else 1.0
+        groups = speedrun_param_groups(model, cfg.weight_decay, cfg.bias_lr_scale, cfg.whiten_bias_epochs,
+                                       whiten_lr_scale)
         if cfg.no_bn_decay:  # BN biases and the whitening bias: the 1-D groups
             for g in groups:
                 if all(p.ndim <= 1 for p in g["params"]):
@@ -98,6 +102,9 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) ->
     groups = param_groups(model, cfg)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, **extra)
+    if cfg.optimizer == "muon":  # Muon on the conv filters, SGD on the rest (muon.py)
+        return MuonSGD(split_filters(groups, cfg.muon_lr / cfg.lr), lr=cfg.lr, momentum=cfg.momentum,
+                       nesterov=cfg.nesterov, muon_momentum=cfg.muon_momentum)
     if cfg.optimizer == "sam":
         return SAM(groups, torch.optim.SGD, rho=cfg.sam_rho, lr=cfg.lr, momentum=cfg.momentum,
                    nesterov=cfg.nesterov, **extra)

@@ -241,13 +241,15 @@ def _page(title: str, body: str) -> str:
 
 # Config keys that mean nothing for some runs: shown only where they apply.
 SCHEDULER_KEYS = {"multistep": ("milestones", "gamma"), "plateau": ("plateau_factor", "plateau_patience")}
+OPTIMIZER_KEYS = {"muon": ("muon_lr", "muon_momentum"), "sam": ("sam_rho",)}
 CIFAR_ONLY_KEYS = ("download",)
 
 
 def shown_config(cfg: dict) -> dict:
-    """The config as the report lists it: keys of another scheduler, and `download` for an image
-    folder (nothing is ever downloaded there), left out."""
+    """The config as the report lists it: keys of another scheduler or optimizer, and `download` for
+    an image folder (nothing is ever downloaded there), left out."""
     drop = {k for sched, keys in SCHEDULER_KEYS.items() if cfg.get("scheduler") != sched for k in keys}
+    drop |= {k for opt, keys in OPTIMIZER_KEYS.items() if cfg.get("optimizer") != opt for k in keys}
     if cfg.get("dataset") == "folder":
         drop.update(CIFAR_ONLY_KEYS)
     return {k: v for k, v in cfg.items() if k not in drop}
