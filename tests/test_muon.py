@@ -105,7 +105,6 @@ def test_muon_speedrun_parts_give_the_filters_the_muon_lr():
     muon = [g for g in opt.param_groups if g["muon"]]
     assert len(muon) == 1 and all(p.dim() == 4 for p in muon[0]["params"])
     assert len(muon[0]["params"]) == 6                    # 3 groups x 2 convs; the whitening conv is frozen
-    parts.step.epoch = 0
     from resnet_cifar.engine.step import set_lr
 
     set_lr(opt, 1.5, 0)

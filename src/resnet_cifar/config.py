@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import bounds
-from .constants import DATASETS
+from .constants import DATASETS, MUON_LR, MUON_MOMENTUM
 from .errors import UsageError, first_line
 
 MAX_CONFIG_BYTES = 1 << 20   # a config file is a few KB; this bounds the parser's work
@@ -109,9 +109,9 @@ class Config:
     momentum: float = option(0.9, "optimisation", "SGD momentum", ge=0, lt=1)
     nesterov: bool = option(False, "optimisation", "Nesterov momentum (SGD)")
     sam_rho: float = option(0.05, "optimisation", "sam: the ascent step's radius", metavar="R", gt=0, le=10)
-    muon_lr: float = option(0.24, "optimisation", "muon: the conv filters' lr (they follow the schedule's shape; "
+    muon_lr: float = option(MUON_LR, "optimisation", "muon: the conv filters' lr (they follow the schedule's shape; "
                                                   "0.24 is airbench94_muon's)", metavar="LR", gt=0, le=MAX_LR)
-    muon_momentum: float = option(0.6, "optimisation", "muon: the conv filters' Nesterov momentum", metavar="M",
+    muon_momentum: float = option(MUON_MOMENTUM, "optimisation", "muon: the conv filters' Nesterov momentum", metavar="M",
                                   ge=0, lt=1)
     clip_grad_norm: float = option(0.0, "optimisation", "clip the gradient's norm (0 = off)", metavar="X", ge=0, le=1e6)
     weight_decay: float = option(5e-4, "optimisation", "L2 weight decay", ge=0, le=10,

@@ -56,3 +56,8 @@ CIFAR_SOURCES = {
 }
 
 DATASETS = ("cifar10", "cifar100", "folder")
+
+# airbench94_muon.py (github.com/KellerJordan/cifar10-airbench, March 2025):
+# Muon(filter_params, lr=0.24, momentum=0.6, nesterov=True); --muon-lr / --muon-momentum defaults (muon.py)
+MUON_LR = 0.24
+MUON_MOMENTUM = 0.6

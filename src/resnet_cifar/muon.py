@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import torch
 
+from .constants import MUON_MOMENTUM
+
 # airbench94_muon.py's quintic Newton-Schulz coefficients (maximal slope at zero) and step count
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 3
 NS_EPS = 1e-7
-MUON_LR = 0.24          # airbench94_muon.py: Muon(filter_params, lr=0.24, momentum=0.6, nesterov=True)
-MUON_MOMENTUM = 0.6
 
 
 def orthogonalize(g: torch.Tensor, steps: int = NS_STEPS, eps: float = NS_EPS) -> torch.Tensor:

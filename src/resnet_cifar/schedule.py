@@ -80,6 +80,11 @@ class LRSchedule:
         self.num_bad_epochs = 0
         self.scale = 1.0
 
+    def _after_warmup(self, step: int) -> float:
+        """How far `step` is through the steps after the warm-up, in [0, 1] (cosine, linear)."""
+        t = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        return min(max(t, 0.0), 1.0)
+
     def lr(self, step: int) -> float:
         """Learning rate for optimizer step `step` (0-based)."""
         warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
@@ -91,8 +96,7 @@ class LRSchedule:
             return self.base_lr * self.gamma ** sum(step >= m for m in self.milestones) * warm
         if self.kind == "cosine":
             # Warm-up, then cosine from base_lr to min_lr over the remaining steps.
-            t = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-            t = min(max(t, 0.0), 1.0)
+            t = self._after_warmup(step)
             return (self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * t))) * warm
         if self.kind == "onecycle":
             # torch's OneCycleLR (cos annealing): base/25 -> base over the first 30% (or the warm-up
@@ -111,8 +115,7 @@ class LRSchedule:
             return self.base_lr * triangle(step, self.total_steps) * warm
         if self.kind == "linear":
             # airbench94_muon's: from base_lr straight down to 0 at the end (after any warm-up)
-            t = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-            return self.base_lr * (1.0 - min(max(t, 0.0), 1.0)) * warm
+            return self.base_lr * (1.0 - self._after_warmup(step)) * warm
         raise ValueError(self.kind)
 
     def epoch_end(self, val_loss: float | None) -> bool:
