@@ -60,6 +60,7 @@ def run_curve(run_dir: Path) -> dict:
     total = results.get("train_flops") or train_flops(macs, results["num_train"] * results["epochs"])
     label = (f"{cfg.get('preset', '?')}: {cfg['model']}" + (f" x{cfg['width']:g}" if cfg["width"] != 1 else "")
              + f", {cfg['epochs']} epochs" + (", drop-last" if cfg.get("drop_last") else "")
+             + (f", cutout {cfg['cutout']}" if cfg.get("cutout") else "")
              + (f", seed {cfg['seed']}" if cfg.get("seed") else ""))
     return {"label": label, "pflop": xs, "acc": ys,
             "final_tta": (pflop(total), 100 * tta) if tta is not None else None}
@@ -77,12 +78,13 @@ def plot(curves: list[dict], points, out: Path, budgets: list[float] | None, tit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 4.8), dpi=120)
     for c in curves:
         line, = ax.plot(c["pflop"], c["acc"], marker="o", ms=3, label=c["label"])
-        if c["final_tta"]:
-            ax.plot(*c["final_tta"], marker="*", ms=10, color=line.get_color(), linestyle="none",
-                    label=f"{c['label']} (+TTA)")
+        if c["final_tta"]:  # one legend entry for all the stars (below), not one per run
+            ax.plot(*c["final_tta"], marker="*", ms=10, color=line.get_color(), linestyle="none")
+    if any(c["final_tta"] for c in curves):
+        ax.plot([], [], marker="*", ms=10, color="grey", linestyle="none", label="star: the run's final accuracy with TTA")
     for label, x, y in points:
         ax.plot(x, y, marker="D", ms=7, color="black", linestyle="none", label=label)
     for budget in budgets or ():
@@ -91,7 +93,7 @@ def plot(curves: list[dict], points, out: Path, budgets: list[float] | None, tit
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # beside the axes
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

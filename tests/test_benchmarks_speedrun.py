@@ -92,9 +92,10 @@ def test_plot_compute_on_a_tiny_run(plot_compute, png_folder, tmp_path, capsys):
     run = tmp_path / "run"
     flags = ["train", "--dataset", "folder", "--data-dir", str(png_folder), "--model", "resnet20", "--width", "0.25",
              "--epochs", "2", "--batch-size", "16", "--val-size", "6", "--scheduler", "cosine", "--device", "cpu",
-             "--no-swa", "--compile", "off", "--no-report", "--tta", "--out", str(run)]
+             "--no-swa", "--compile", "off", "--no-report", "--tta", "--cutout", "4", "--out", str(run)]
     assert cli_main(flags) == 0
     curve = plot_compute.run_curve(run)
+    assert curve["label"].endswith("resnet20 x0.25, 2 epochs, cutout 4")    # what sets the run apart, in its label
     macs = forward_macs(build_model("resnet20", 3, 0.25))
     assert curve["pflop"] == pytest.approx([train_flops(macs, 30 * e) / 1e15 for e in (1, 2)])
     results = json.loads((run / "results.json").read_text())

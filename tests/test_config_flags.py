@@ -37,7 +37,7 @@ def test_every_config_field_has_a_flag_with_help_and_every_shown_flag_has_help()
 def test_help_shows_the_presets_values():
     text = _train_parser().format_help()
     flat = " ".join(text.split())
-    assert "training epochs (tutorial: 250, fast: 30, speedrun: 10)" in flat
+    assert "training epochs (tutorial: 250, fast: 30, speedrun: 18)" in flat
     assert "SGD momentum (tutorial: 0.9, fast: 0.9, speedrun: 0.85)" in flat
     assert "padding is filled (default: reflect)" in flat     # --pad-mode: the same in every preset
     assert "--no-no-bn-decay" not in text and "--bn-decay" in text

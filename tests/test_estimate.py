@@ -40,5 +40,5 @@ def test_estimate_and_advice():
     assert long_run_advice(3600, cpu, "folder", "data/jpeg") is None
     advice = long_run_advice(3 * 3600 + 600, cpu, "folder", "data/jpeg")
     assert "3h10m" in advice and "--preset speedrun --dataset folder --data-dir data/jpeg" in advice
-    assert "90.4%" in SPEEDRUN_MEASURED and "min" in SPEEDRUN_MEASURED and SPEEDRUN_MEASURED in advice and "\n" not in advice
+    assert "90.9%" in SPEEDRUN_MEASURED and "min" in SPEEDRUN_MEASURED and SPEEDRUN_MEASURED in advice and "\n" not in advice
     assert long_run_advice(10 * 3600, torch.device("cuda"), "cifar10", "data") is None
