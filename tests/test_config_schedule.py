@@ -108,8 +108,9 @@ def test_plateau_matches_torch_reduce_lr_on_plateau():
 def test_speedrun_preset_validates_and_its_triangle_schedule():
     cfg = resolve(preset="speedrun")
     assert cfg.scheduler == "triangle" and from_dict(cfg.to_dict()) == cfg
-    s = LRSchedule(cfg, steps_per_epoch=44)                       # 440 steps: peak at int(0.23 * 440) = 101
-    assert s.lr(0) == pytest.approx(0.2 * cfg.lr) and s.lr(101) == pytest.approx(cfg.lr)
-    assert s.lr(440) == pytest.approx(0.07 * cfg.lr) and s.lr(50) < s.lr(100) and s.lr(300) > s.lr(400)
+    s = LRSchedule(cfg, steps_per_epoch=44)          # 18 epochs = 792 steps: peak at int(0.23 * 792) = 182
+    assert cfg.epochs == 18
+    assert s.lr(0) == pytest.approx(0.2 * cfg.lr) and s.lr(182) == pytest.approx(cfg.lr)
+    assert s.lr(792) == pytest.approx(0.07 * cfg.lr) and s.lr(90) < s.lr(180) and s.lr(540) > s.lr(720)
     with pytest.raises(UsageError, match="--bias-lr-scale"):
         resolve(flag_values={"bias_lr_scale": 0.0}, preset="speedrun")
