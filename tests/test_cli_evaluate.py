@@ -29,7 +29,17 @@ def test_no_test_split_falls_back_to_the_validation_split_and_says_so(run_withou
     assert main(["evaluate", str(run), "--tta", "--device", "cpu"]) == 0
     cap = capsys.readouterr()
     assert "has no test split: evaluating on the run's validation split" in cap.err
-    assert " val (4 images, flip TTA)" in cap.out
+    assert " val (4 images, flip TTA)" in cap.out                  # the run's own --tta-mode (TINY: flip)
+    # --tta-mode picks other views (and implies --tta): airbench's 6 views give another result record
+    assert main(["evaluate", str(run), "--tta-mode", "flip_translate", "--json", "--device", "cpu"]) == 0
+    six = json.loads(capsys.readouterr().out)
+    assert six["tta"] and six["tta_mode"] == "flip_translate"
+    assert main(["evaluate", str(run), "--tta", "--tta-mode", "flip", "--json", "--device", "cpu"]) == 0
+    two = json.loads(capsys.readouterr().out)
+    assert two["tta_mode"] == "flip" and two["loss"] != six["loss"]
+    with pytest.raises(SystemExit) as bad:                         # argparse names the choices, exit 2
+        main(["evaluate", str(run), "--tta-mode", "mirror", "--device", "cpu"])
+    assert bad.value.code == 2 and "invalid choice: 'mirror'" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--json", "--device", "cpu"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["split"] == "val" and ev["acc"] == pytest.approx(results["eval_acc"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..config import TTA_MODES
 from ..constants import DATASETS
 from .common import add_device_flag, add_foreign_flags, foreign_kwargs, stderr_log
 
@@ -15,7 +16,9 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", metavar="PATH", help="default: the data dir the checkpoint was trained on")
     p.add_argument("--split", choices=("test", "val"),
                    help="default: test, or the run's validation split when the dataset has no test split")
-    p.add_argument("--tta", action="store_true", help="average the predictions of each image and its mirror")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation with the run's --tta-mode (flip: "
+                   "each image and its mirror; flip_translate: airbench's 6 views)")
+    p.add_argument("--tta-mode", choices=TTA_MODES, help="these views instead of the run's (implies --tta)")
     p.add_argument("--batch-size", type=int, help="evaluation batch size (default: the run's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_device_flag(p)
@@ -70,7 +73,8 @@ def run(args) -> int:
     log = None if args.json else stderr_log
     data = load_dataset(dataset, data_dir, log=log)
     split = _pick_split(args, data, saved, log)
-    r = evaluate_checkpoint(state, data, split=split, tta=args.tta, device=args.device,
+    r = evaluate_checkpoint(state, data, split=split, tta=args.tta or args.tta_mode is not None,
+                            tta_mode=args.tta_mode, device=args.device,
                             batch_size=args.batch_size)
     if r["data_differs"]:
         what = ("so this validation split is not the run's: training images may be among it" if split == "val"
@@ -79,7 +83,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(r))
         return 0
-    print(f"{r['model']} on {r['dataset']} {r['split']} ({r['n']} images{', flip TTA' if r['tta'] else ''}): "
+    views = f", {r['tta_mode']} TTA" if r["tta"] else ""
+    print(f"{r['model']} on {r['dataset']} {r['split']} ({r['n']} images{views}): "
           f"loss {r['loss']:.4f}  top-1 {100 * r['acc']:.2f}%  top-5 {100 * r['top5']:.2f}%")
     width = max(len(c) for c in r["per_class_acc"])
     for name, acc in r["per_class_acc"].items():

@@ -105,11 +105,12 @@ def _split_of(cfg, data: Dataset, split: str, foreign: bool = False) -> tuple[to
 
 
 def evaluate_checkpoint(state: dict, data: Dataset, *, split: str = "test", tta: bool = False,
-                        device: str = "auto", batch_size: int | None = None) -> dict:
+                        tta_mode: str | None = None, device: str = "auto", batch_size: int | None = None) -> dict:
     """Evaluate a loaded checkpoint on the test split, or on the validation split it was chosen on
     (rebuilt from the run's own val_size and seed, so it is the very same images). Another tool's
     checkpoint (`checkpoint.load_any`) runs with the default settings; its class names are the
-    dataset's when the number of outputs matches (such files do not name them)."""
+    dataset's when the number of outputs matches (such files do not name them). With `tta`, the views
+    are `tta_mode`'s, else the run's own `--tta-mode`."""
     from .. import checkpoint as ckpt
     from ..config import Config, from_dict
 
@@ -126,9 +127,10 @@ def evaluate_checkpoint(state: dict, data: Dataset, *, split: str = "test", tta:
     model = ckpt.build_from_checkpoint(state, dev, num_classes=data.num_classes, channels_last=cfg.channels_last)
     ev = Evaluator(tuple(state["mean"]), tuple(state["std"]), batch_size or cfg.eval_batch_size,
                    runtime.autocast(dev, runtime.resolve_amp(cfg.amp, dev)), cfg.channels_last, data.num_classes)
-    result = ev(model, x.to(dev), y.to(dev), tta=tta, tta_mode=cfg.tta_mode)
+    mode = tta_mode or cfg.tta_mode
+    result = ev(model, x.to(dev), y.to(dev), tta=tta, tta_mode=mode)
     result["per_class_acc"] = dict(zip(data.classes, result["per_class_acc"], strict=True))
-    result.update({"split": split, "tta": tta, "checkpoint": state.get("path"), "model": state["model_args"]["name"],
+    result.update({"split": split, "tta": tta, "tta_mode": mode if tta else None, "checkpoint": state.get("path"), "model": state["model_args"]["name"],
                    "dataset": data.name, "device": str(dev), "data_differs": data_differs(state, data, split)})
     return result
 
