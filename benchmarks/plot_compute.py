@@ -84,7 +84,8 @@ def plot(curves: list[dict], points, out: Path, budgets: list[float] | None, tit
         if c["final_tta"]:  # one legend entry for all the stars (below), not one per run
             ax.plot(*c["final_tta"], marker="*", ms=10, color=line.get_color(), linestyle="none")
     if any(c["final_tta"] for c in curves):
-        ax.plot([], [], marker="*", ms=10, color="grey", linestyle="none", label="star: the run's final accuracy with TTA")
+        ax.plot([], [], marker="*", ms=10, color="grey", linestyle="none",
+                label="star: the run's final accuracy with TTA")
     for label, x, y in points:
         ax.plot(x, y, marker="D", ms=7, color="black", linestyle="none", label=label)
     for budget in budgets or ():

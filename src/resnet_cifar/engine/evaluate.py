@@ -130,8 +130,9 @@ def evaluate_checkpoint(state: dict, data: Dataset, *, split: str = "test", tta:
     mode = tta_mode or cfg.tta_mode
     result = ev(model, x.to(dev), y.to(dev), tta=tta, tta_mode=mode)
     result["per_class_acc"] = dict(zip(data.classes, result["per_class_acc"], strict=True))
-    result.update({"split": split, "tta": tta, "tta_mode": mode if tta else None, "checkpoint": state.get("path"), "model": state["model_args"]["name"],
-                   "dataset": data.name, "device": str(dev), "data_differs": data_differs(state, data, split)})
+    result.update({"split": split, "tta": tta, "tta_mode": mode if tta else None, "checkpoint": state.get("path"),
+                   "model": state["model_args"]["name"], "dataset": data.name, "device": str(dev),
+                   "data_differs": data_differs(state, data, split)})
     return result
 
 
