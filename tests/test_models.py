@@ -17,6 +17,8 @@ EXPECTED_PARAMS = {
     "wrn16_8": 10_961_370, "wrn28_10": 36_479_194, "wrn40_4": 8_949_210,
     # airbench94's layers (1,972,792 with its frozen whitening weights and BN scales; 1,971,352 trainable)
     "speedrun_resnet": 1_972_792,
+    # + airbench96's third conv in each group: 64*64*9 + 2 * 256*256*9 weights and 576 BN biases + 576 scales
+    "speedrun_resnet_deep": 3_190_456,
 }
 
 

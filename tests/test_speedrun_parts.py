@@ -50,6 +50,17 @@ def test_speedrun_resnet_macs_by_hand():
     assert 0.34e15 < train_flops(by_hand, 50_000 * 9.9) < 0.36e15
 
 
+def test_speedrun_resnet_deep_adds_one_conv_per_group_under_the_residual():
+    shallow, deep = build_model("speedrun_resnet"), build_model("speedrun_resnet_deep")
+    extra = 15 * 15 * 64 * 64 * 9 + 7 * 7 * 256 * 256 * 9 + 3 * 3 * 256 * 256 * 9  # after each group's pool
+    assert forward_macs(deep) == forward_macs(shallow) + extra == 160_651_552
+    for group in (deep.group1, deep.group2, deep.group3):
+        assert len(group.residual) == 2                           # conv-BN-GELU twice, then the add
+        for layer in group.residual:
+            x = torch.randn(1, layer[0].in_channels, 5, 5)
+            assert torch.allclose(layer[0](x), x, atol=1e-6)      # each starts as the identity (dirac)
+
+
 # ------------------------------------------------------------------------------ the net
 def test_speedrun_resnet_init_is_dirac_and_scale_free():
     torch.manual_seed(0)

@@ -21,8 +21,9 @@ def test_total_matches_registry(name):
     expected = count_parameters(model)
     trainable = count_parameters(model, trainable_only=True)
     assert s["total_params"] == expected and s["trainable_params"] == trainable
-    # only speedrun_resnet freezes parameters (its whitening weights and BN scales)
-    assert s["non_trainable_params"] == expected - trainable and (trainable == expected) == (name != "speedrun_resnet")
+    # only the speedrun nets freeze parameters (their whitening weights and BN scales)
+    frozen = name.startswith("speedrun_resnet")
+    assert s["non_trainable_params"] == expected - trainable and (trainable == expected) == (not frozen)
     # Per-layer own parameters add up to the total, and the root row's subtree is everything.
     assert sum(r["params"] for r in s["layers"]) == expected
     assert s["layers"][0]["total_params"] == expected and s["layers"][0]["depth"] == 0

@@ -19,6 +19,10 @@ and their negatives), as airbench's `init_whitening_conv`.
 
 MACs per 32x32 image at width 1: 118.1 M, 1.97 M parameters (1.97 M trainable): the same as airbench94's
 net, whose layers it keeps; the residual connections add no conv.
+
+`speedrun_resnet_deep` (res_convs=2) puts two conv-BN-GELU layers under each group's residual add, as
+airbench96 (`lib_airbench96.py`: 10 conv layers, there at widths 128 / 512 / 512 for 40 epochs): at width 1
+160.6 M MACs an image, 1.36x the shallow net's; the extra convs run after each group's pool.
 """
 
 from __future__ import annotations
