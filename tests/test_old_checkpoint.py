@@ -1,5 +1,11 @@
 """A checkpoint written by the engine before it became the `engine/` package still evaluates and
-resumes, and the resumed run ends bitwise where an uninterrupted run of the current code ends.
+resumes, and the resumed run ends where an uninterrupted run of the current code ends.
+
+The fixture's first epoch ran on another CPU, whose float kernels round differently in the last bits
+(an Intel Xeon ends epoch 2 within 1e-6 of an AMD EPYC; measured in session 11), so the comparison allows
+that rounding: `close` sits 100x below the least that epoch 2 moves any tensor (1.1e-3); a resume that
+lost the optimizer's momentum (zeroed in the fixture, a check made once) leaves 97 of 116 tensors outside it. Bitwise resume
+on one machine is tests/test_engine.py's (test_resume_is_bitwise_equal_to_an_uninterrupted_run).
 
 tests/fixtures/old_last.pt (see tests/fixtures/README.md): ResNet-20 x0.125, 3 classes, EMA 0.9,
 stopped after epoch 1 of 2. Its config names `data_dir: data`, rebuilt here in a temp directory.
@@ -68,8 +74,18 @@ def test_the_old_checkpoint_resumes_to_the_same_weights_as_an_uninterrupted_run(
     fit(cfg, load_dataset("folder", "data"), fresh)
     a = torch.load(old_run / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(fresh / "checkpoints" / "last.pt", weights_only=True)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert all(torch.equal(x, y) for x, y in zip(a["ema"].values(), b["ema"].values(), strict=True) if isinstance(x, torch.Tensor))
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        close(a["model"][k], b["model"][k])
+    for x, y in zip(a["ema"].values(), b["ema"].values(), strict=True):
+        if isinstance(x, torch.Tensor):
+            close(x, y)
     first = list(csv.DictReader(open(fresh / "metrics.csv")))
     keys = ("train_loss", "train_acc", "val_loss", "val_acc", "ema_val_acc")
-    assert [[r[k] for k in keys] for r in rows] == [[r[k] for k in keys] for r in first]
+    assert [[float(r[k]) for k in keys] for r in rows] == [pytest.approx([float(r[k]) for k in keys], rel=1e-5)
+                                                           for r in first]
+
+
+def close(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Equal up to another CPU's rounding (see the module's docstring); integers exactly."""
+    torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
