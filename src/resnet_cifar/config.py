@@ -90,7 +90,7 @@ class Config:
     zero_init_residual: bool = option(False, "model", "start each residual block's last BN at zero")
     dropout: float = option(0.0, "model", "wrn*: dropout between each block's convolutions", metavar="P", ge=0, lt=1)
     init_from: str = option("", "model", "start from these weights (ours, kuangliu's, a state_dict)", metavar="CKPT")
-    whiten: bool = option(True, "model", "models with a whitening layer (speedrun_resnet): set it from the "
+    whiten: bool = option(True, "model", "models with a whitening layer (the speedrun nets): set it from the "
                                          "training images' 2x2 patch covariance and freeze it (--no-whiten: "
                                          "learn it from torch's default init)")
     # --- optimisation

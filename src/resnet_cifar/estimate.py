@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from .compute import forward_macs, images_per_epoch, train_flops
 
 LONG_RUN_SECONDS = 2 * 3600
-# The preset's measured CPU result (README "No GPU?", benchmarks/README.md rows S23 and S29; 2026-12-02/03, torch 2.14.1).
-SPEEDRUN_MEASURED = ("90.9% val with TTA on the JPEG copy of CIFAR-10 (n=3); ~21 min on a 2-core AMD EPYC Zen 5, "
+# The preset's measured CPU result (README "No GPU?"; benchmarks/README.md S23, S29; torch 2.14.1).
+SPEEDRUN_MEASURED = ("90.9% val with TTA on the JPEG copy of CIFAR-10 (n=3), ~21 min, on a 2-core AMD EPYC Zen 5; "
                      "~38 min on a 2-core Intel Xeon Ice Lake (both AVX-512)")
 
 

@@ -32,7 +32,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "wrn28_10": partial(WideResNet, 28, 10),
     "wrn40_4": partial(WideResNet, 40, 4),
     "speedrun_resnet": SpeedrunResNet,
-    # airbench96's deeper group (two conv-BN-GELU layers under each residual add): 1.36x the MACs at one width
+    # airbench96's deeper group (two conv-BN-GELU layers under each residual add): 1.36x the MACs at width 1
     "speedrun_resnet_deep": partial(SpeedrunResNet, res_convs=2),
 }
 # Models with a dropout rate (`build_model(..., dropout=P)`, train's --dropout).
