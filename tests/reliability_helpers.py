@@ -137,10 +137,14 @@ def model_state(path: Path) -> dict:
     return ckpt.load(path)["model"]
 
 
-def assert_same_tensors(a: dict, b: dict) -> None:
+def assert_same_tensors(a: dict, b: dict, atol: float = 0.0) -> None:
+    """Every tensor equal; with atol, floats within it (another CPU's rounding), integers still exactly."""
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.equal(a[k], b[k]), f"{k} differs"
+        if atol and a[k].is_floating_point():
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
+        else:
+            assert torch.equal(a[k], b[k]), f"{k} differs"
 
 
 def all_finite(state: dict) -> bool:

@@ -3,7 +3,7 @@ resumes, and the resumed run ends where an uninterrupted run of the current code
 
 The fixture's first epoch ran on another CPU, whose float kernels round differently in the last bits
 (an Intel Xeon ends epoch 2 within 1e-6 of an AMD EPYC; measured in session 11), so the comparison allows
-that rounding: `close` allows 1e-5 on each float (no relative part), 100x below the least that epoch 2
+that rounding: `assert_same_tensors(..., atol=1e-5)` allows 1e-5 on each float (no relative part), 100x below the least that epoch 2
 moves any tensor (1.1e-3); integer tensors and the metrics (to 1e-5 relative) are compared as well. A
 resume that lost the optimizer's momentum (zeroed in the fixture, a check made once) leaves most tensors
 outside it. Bitwise resume on one machine: tests/test_engine.py, test_resume_is_bitwise_equal_to_an_uninterrupted_run.
@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from helpers import write_png_folder
+from reliability_helpers import assert_same_tensors
 from resnet_cifar import checkpoint as ckpt
 from resnet_cifar.cli import main
 from resnet_cifar.config import from_dict
@@ -75,21 +76,9 @@ def test_the_old_checkpoint_resumes_to_the_same_weights_as_an_uninterrupted_run(
     fit(cfg, load_dataset("folder", "data"), fresh)
     a = torch.load(old_run / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(fresh / "checkpoints" / "last.pt", weights_only=True)
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        close(a["model"][k], b["model"][k])
-    for x, y in zip(a["ema"].values(), b["ema"].values(), strict=True):
-        if isinstance(x, torch.Tensor):
-            close(x, y)
+    assert_same_tensors(a["model"], b["model"], atol=1e-5)
+    assert_same_tensors(a["ema"], b["ema"], atol=1e-5)
     first = list(csv.DictReader(open(fresh / "metrics.csv")))
     keys = ("train_loss", "train_acc", "val_loss", "val_acc", "ema_val_acc")
     assert [[float(r[k]) for k in keys] for r in rows] == [pytest.approx([float(r[k]) for k in keys], rel=1e-5)
                                                            for r in first]
-
-
-def close(x: torch.Tensor, y: torch.Tensor) -> None:
-    """Equal up to another CPU's rounding (see the module's docstring); integers exactly."""
-    if x.is_floating_point():
-        torch.testing.assert_close(x, y, rtol=0, atol=1e-5)
-    else:
-        assert torch.equal(x, y)
