@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .compute import forward_macs, images_per_epoch, train_flops
 
 LONG_RUN_SECONDS = 2 * 3600
-# The preset's measured CPU result (README "No GPU?"; benchmarks/README.md S23, S29; torch 2.14.1).
+# The preset's measured CPU result (README "No GPU?"; benchmarks/README.md S23, S29, S33; torch 2.14.1).
 SPEEDRUN_MEASURED = ("90.9% val with TTA on the JPEG copy of CIFAR-10 (n=3), ~21 min, on a 2-core AMD EPYC Zen 5; "
                      "~38 min on a 2-core Intel Xeon Ice Lake (both AVX-512); ~54 min on a 2-core AMD EPYC Zen 3 (AVX2)")
 
