@@ -3,7 +3,10 @@
 #
 #   mkdir -p gpu && cp ../shared/data/cifar10-jpeg-train.tar.gz gpu/     # *.tar.gz is git-ignored
 #   run(command="bash benchmarks/gpu_speedrun.sh gpu/cifar10-jpeg-train.tar.gz $OUT 520", carry=["gpu"], timeout_s=580)
+#   run(command="bash benchmarks/gpu_speedrun.sh gpu/cifar10-jpeg-train.tar.gz $OUT 200 s38", carry=["gpu"], timeout_s=240)
 #
+# The fourth argument picks the jobs: `rows` (default) for S35-S37 and issue 16's gpu_session.py,
+# `s38` for S38's four 1-PFLOP variants at n=3 (second call, after S36 missed 92.0%).
 # Jobs run in order of what they are for, each under its own time limit, none started past the
 # deadline (seconds from the start): the device's time is short and one call must bring back
 # whatever finished. Every job is the plain `train` CLI; its run directories (without checkpoints,
@@ -15,6 +18,7 @@ set -u
 archive=$1
 out=$2
 deadline=${3:-520}
+phase=${4:-rows}
 start=$(date +%s)
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 RESNET_CIFAR_NO_PROGRESS=1
 data=/tmp/rc-data
@@ -53,6 +57,19 @@ job() {   # NAME LIMIT_S TRAIN_ARGS...
     echo "cpu cores: $(nproc)"
 } >> "$log" 2>&1
 tar -xzf "$archive" -C "$data" && say "unpacked $(find "$data" -name '*.jpg' | wc -l) images"
+
+if [ "$phase" = s38 ]; then
+    # S38: airbench96's augmentation (4-px translation + 12-px cutout) on the wide and the deep net,
+    # a wider net for fewer epochs (S26's), the deep net narrower for longer. All at <= 1.0 PFLOP.
+    common=(--preset speedrun --seeds 0,1,2 --compile off --no-report)
+    job wide125_aug 60 "${common[@]}" --width 1.25 --epochs 20 --cutout 12 --crop-padding 4 ||
+        { say "first job failed: stopping"; exit 1; }
+    job deep125_aug 60 "${common[@]}" --model speedrun_resnet_deep --width 1.25 --epochs 15 --cutout 12 --crop-padding 4
+    job wide150 60 "${common[@]}" --width 1.5 --epochs 14
+    job deep100 60 "${common[@]}" --model speedrun_resnet_deep --width 1 --epochs 22
+    say "done"
+    exit 0
+fi
 
 # S36: the 1-PFLOP target at n=3 (the only target of issue 17 not yet met), deep recipe first.
 job deep125 200 --preset speedrun --model speedrun_resnet_deep --width 1.25 --epochs 15 --seeds 0,1,2 \
