@@ -41,7 +41,7 @@ def test_preset_is_airbench94s_recipe():
     assert (cfg.bias_lr_scale, cfg.whiten, cfg.whiten_bias_epochs, cfg.lookahead) == (64.0, True, 3, True)
     assert (cfg.crop_padding, cfg.pad_mode, cfg.flip, cfg.alt_flip) == (2, "reflect", True, True)
     assert (cfg.tta, cfg.tta_mode, cfg.channels_last, cfg.amp, cfg.compile) == (True, "flip_translate", True,
-                                                                                 "auto", "auto")
+                                                                                 "auto", "off")
     assert cfg.ema == 0 and not cfg.swa
 
 

@@ -197,13 +197,14 @@ PRESET_VALUES: dict[str, dict[str, Any]] = {
     # Width 0.75 for 18 epochs (69.1 M MACs an image x 18 x 45,000 = 0.336 PFLOP): 90.87% +- 0.08 val with TTA
     # (n=3, benchmarks/README.md S23), above airbench94's 10 epochs at width 1 (90.44% +- 0.11 in 0.319 PFLOP,
     # S1): at equal compute a narrower net for more epochs wins here. 11 epochs of width 1 with --drop-last
-    # (0.343 PFLOP) measured no better than 10 (90.36% +- 0.11, S18).
+    # (0.343 PFLOP) measured no better than 10 (90.36% +- 0.11, S18). Compile off everywhere: on an H200 it
+    # cost 36.6 s of the first epoch and bought ~1.0x steady speed (S37; eager trains in 8.6 s), on a CPU 0.99x (S32).
     "speedrun": dict(
         model="speedrun_resnet", width=0.75, whiten=True, zero_init_residual=False, epochs=18, batch_size=1024,
         optimizer="sgd", lr=1.5, momentum=0.85, nesterov=True, weight_decay=0.0153 / 11.5, no_bn_decay=False,
         bias_lr_scale=64.0, whiten_bias_epochs=3, label_smoothing=0.2, scheduler="triangle", warmup_epochs=0.0,
         crop_padding=2, pad_mode="reflect", flip=True, alt_flip=True, cutout=0, swa=False, ema=0.0,
-        lookahead=True, amp="auto", compile="auto", channels_last=True, tta=True, tta_mode="flip_translate",
+        lookahead=True, amp="auto", compile="off", channels_last=True, tta=True, tta_mode="flip_translate",
     ),
 }
 

@@ -14,6 +14,7 @@ float ops up to rounding), and the global order does not depend on how many proc
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -107,10 +108,18 @@ def cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int) -> to
     return x.clone().masked_fill_(inside.unsqueeze(1), 0)
 
 
+@functools.lru_cache(maxsize=32)
+def _affine(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean * 255 and 1 / (std * 255) on `device`, made once: a tensor built from host values for
+    every batch is a copy that waits for the device (two host-device syncs a step on CUDA)."""
+    mean_t = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    inv_std = 1.0 / (torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+    return mean_t, inv_std
+
+
 def normalize(x: torch.Tensor, mean, std, channels_last: bool = True) -> torch.Tensor:
     """uint8 (N,3,H,W) -> float32, (x/255 - mean) / std, done as one multiply-add."""
-    mean_t = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
-    inv_std = 1.0 / (torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1) * 255)
+    mean_t, inv_std = _affine(tuple(float(m) for m in mean), tuple(float(s) for s in std), x.device)
     out = (x.float() - mean_t) * inv_std
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from .. import checkpoint as ckpt
 from .. import distributed as distm
@@ -19,6 +19,7 @@ from ..data.augment import StrongAugment
 from ..data.loader import Augment, DeviceLoader, normalize
 from ..data.policies import Policy
 from ..data.split import stratified_subset, train_val_split
+from ..ema import DeviceEMA
 from ..errors import UsageError
 from ..lookahead import Lookahead
 from ..mixing import Mixing
@@ -189,8 +190,7 @@ def build_parts(cfg: Config, data: Dataset, device: torch.device, world: distm.W
     optimizer = make_optimizer(model, cfg, device)
     scaler = runtime.grad_scaler(device, amp)
     amp_ctx = runtime.autocast(device, amp)
-    ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-           if cfg.ema > 0 else None)
+    ema = DeviceEMA(model, cfg.ema) if cfg.ema > 0 else None
     lookahead = Lookahead(model) if cfg.lookahead else None
     step = StepSetup(model=model, optimizer=optimizer, scaler=scaler, amp_ctx=amp_ctx,
                      label_smoothing=cfg.label_smoothing, accum_steps=cfg.accum_steps, world=world, ema=ema,

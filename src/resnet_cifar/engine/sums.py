@@ -33,10 +33,11 @@ class Sums:
 
     @classmethod
     def of(cls, loss_sum: torch.Tensor, correct: torch.Tensor, count: int) -> "Sums":
-        """From a summed loss and a hit count on the device, and an image count (no sync)."""
+        """From a summed loss and a hit count on the device, and an image count (no sync: a fill, where
+        torch.tensor(count, device=...) would copy from host memory and wait for the device)."""
         dev = loss_sum.device
         return cls(torch.stack([loss_sum.detach().to(torch.float64), correct.to(torch.float64),
-                                torch.tensor(float(count), dtype=torch.float64, device=dev)]))
+                                torch.full((), float(count), dtype=torch.float64, device=dev)]))
 
     @property
     def loss_sum(self) -> torch.Tensor:
