@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet_cifar import envinfo
+from resnet_cifar import envinfo, runtime
 from resnet_cifar.cli import main
 from resnet_cifar.errors import UsageError
 
@@ -34,6 +34,28 @@ def test_text_output(tmp_path, capsys):
     assert f"torch        {torch.__version__}" in out
     assert "CUDA         not checked (--device cpu)" in out
     assert "cifar10    absent" in out
+
+
+@pytest.mark.parametrize("avx512_bf16,amx,expect", [
+    (True, True, "native (AVX512_BF16, AMX): --amp bf16 trains faster"),
+    (True, False, "native (AVX512_BF16): --amp bf16 trains faster"),
+    (False, False, "emulated (no AVX512_BF16 or AMX): keep --amp off"),
+])
+def test_cpu_bf16_says_whether_it_is_native(tmp_path, capsys, monkeypatch, avx512_bf16, amx, expect):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert main(["env", "--device", "cpu", "--data-dir", str(tmp_path)]) == 0
+    bf16 = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  bf16")]
+    assert len(bf16) == 1 and bf16[0].split(None, 2)[1] == "ok;" and expect in bf16[0]
+
+
+def test_cpu_bf16_probe_that_fails_means_cannot_tell(monkeypatch):
+    def gone():
+        raise AttributeError("no such probe in this torch")
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", gone)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", gone)
+    assert runtime.cpu_bf16_instructions() == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

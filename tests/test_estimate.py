@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from resnet_cifar.compute import train_flops
@@ -42,3 +43,22 @@ def test_estimate_and_advice():
     assert "3h10m" in advice and "--preset speedrun --dataset folder --data-dir data/jpeg" in advice
     assert "90.9%" in SPEEDRUN_MEASURED and "min" in SPEEDRUN_MEASURED and SPEEDRUN_MEASURED in advice and "\n" not in advice
     assert long_run_advice(10 * 3600, torch.device("cuda"), "cifar10", "data") is None
+
+
+@pytest.mark.parametrize("found,amp,device,says", [
+    (["AVX512_BF16", "AMX"], "auto", "cpu", True),
+    (["AVX512_BF16"], "auto", "cpu", True),
+    ([], "auto", "cpu", False),                 # emulated bf16 is slower: nothing to suggest
+    (["AMX"], "off", "cpu", False),             # the user chose fp32
+    (["AMX"], "bf16", "cpu", False),            # already on
+    (["AMX"], "auto", "cuda", False),           # auto is bf16 there anyway
+])
+def test_bf16_hint_only_where_native_bf16_is_left_unused(monkeypatch, found, amp, device, says):
+    import resnet_cifar.estimate as est
+
+    monkeypatch.setattr(est.runtime, "cpu_bf16_instructions", lambda: list(found))
+    hint = est.bf16_hint(amp, torch.device(device))
+    if not says:
+        assert hint is None
+    else:
+        assert f"native bf16 ({', '.join(found)})" in hint and "--amp bf16" in hint and "\n" not in hint

@@ -129,6 +129,22 @@ def test_long_cpu_recipe_is_told_within_the_first_lines(png_folder, tmp_path, ca
     assert est.SPEEDRUN_MEASURED in lines[advice]   # the measured time and accuracy
 
 
+def test_native_bf16_cpu_is_told_after_the_header(png_folder, tmp_path, capsys, monkeypatch):
+    import resnet_cifar.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16_instructions", lambda: ["AVX512_BF16", "AMX"])
+    flags = ["train", "--dataset", "folder", "--data-dir", str(png_folder), "--model", "resnet20", "--width", "0.25",
+             "--epochs", "1", "--batch-size", "16", "--val-size", "6", "--scheduler", "cosine", "--device", "cpu",
+             "--no-swa", "--no-report"]
+    assert main(flags + ["--out", str(tmp_path / "auto")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    hint = [i for i, line in enumerate(lines) if "native bf16 (AVX512_BF16, AMX): --amp bf16" in line]
+    described = next(i for i, line in enumerate(lines) if line.startswith("resnet20 on folder: "))
+    assert len(hint) == 1 and hint[0] > described
+    assert main(flags + ["--amp", "off", "--out", str(tmp_path / "off")]) == 0   # a chosen fp32: not repeated
+    assert "native bf16" not in capsys.readouterr().err
+
+
 def test_non_tty_progress_line_every_minute():
     now = [0.0]
     stream = io.StringIO()

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from . import runtime
 from .errors import UsageError, describe
 
 
@@ -245,7 +246,8 @@ def collect(device: str = "auto", data_dir: str | Path = "data", verify: bool = 
         "onnxruntime": _version("onnxruntime"),
         "cpu": {"logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                "bf16": _bf16_check("cpu"), "tensor_check": _tensor_check("cpu")},
+                "bf16": _bf16_check("cpu"), "bf16_instructions": runtime.cpu_bf16_instructions(),
+                "tensor_check": _tensor_check("cpu")},
         "cuda": cuda_info() if check_cuda else {"available": None, "skipped": f"--device {device}"},
         "mps": mps_info() if check_mps else {"available": None, "skipped": f"--device {device}"},
         "compile": compile_info(check_cuda and bool(torch.cuda.is_available())),

@@ -21,12 +21,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import runtime
 from .compute import forward_macs, images_per_epoch, train_flops
 
 LONG_RUN_SECONDS = 2 * 3600
-# The preset's measured CPU result (README "No GPU?"; benchmarks/README.md S23, S29, S33; torch 2.14.1).
+# The preset's measured CPU result (README "No GPU?"; benchmarks/README.md S23, S29, S33, S40, S41; torch 2.14.1).
 SPEEDRUN_MEASURED = ("90.9% val with TTA on the JPEG copy of CIFAR-10 (n=3), ~21 min, on a 2-core AMD EPYC Zen 5; "
-                     "~38 min on a 2-core Intel Xeon Ice Lake (both AVX-512); ~54 min on a 2-core AMD EPYC Zen 3 (AVX2)")
+                     "~23 min on a 2-core Intel Xeon with AMX (9 min with --amp bf16), ~38 min on an Ice Lake one "
+                     "(all AVX-512); ~54 min on a 2-core AMD EPYC Zen 3 (AVX2)")
 
 
 def cpu_model_name() -> str:
@@ -94,6 +96,18 @@ def long_run_advice(seconds: float, device: torch.device, dataset: str, data_dir
         return head
     return (f"{head}; for a ResNet in less compute try: {speedrun_command(dataset, data_dir)} "
             f"(its time and accuracy on a CPU: {SPEEDRUN_MEASURED})")
+
+
+def bf16_hint(amp: str, device: torch.device) -> str | None:
+    """On a CPU with native bf16 instructions and `--amp auto` (fp32 there): one line saying that
+    `--amp bf16` is faster here. None elsewhere, and when the user chose --amp."""
+    if device.type != "cpu" or amp != "auto":
+        return None
+    found = runtime.cpu_bf16_instructions()
+    if not found:
+        return None
+    return (f"this CPU has native bf16 ({', '.join(found)}): --amp bf16 trains faster here (the speedrun preset "
+            "2.65x on a 2-core Xeon with AMX, 90.88% against fp32's 90.64%, n=1; benchmarks/README.md S39-S41)")
 
 
 def cpu_advice(cfg, num_classes: int, num_train: int, device: torch.device) -> str | None:

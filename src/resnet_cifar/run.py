@@ -27,7 +27,7 @@ from .config import Config, from_dict
 from .data.split import check_split_sizes
 from .engine.signals import signal_name, signals_interrupt
 from .errors import Interrupted, UsageError
-from .estimate import cpu_advice, device_description
+from .estimate import bf16_hint, cpu_advice, device_description
 from .progress import Silent, plural
 from .schedule import plan as schedule_plan
 
@@ -278,7 +278,8 @@ def _train_plan(plan: Plan, world, progress, on_result) -> None:
     if world.is_main:
         take_run_dir(plan)
         first_line.flush()
-        _announce(plan, n_train, world, progress, cpu_advice(first, data.num_classes, n_train, device))
+        _announce(plan, n_train, world, progress, cpu_advice(first, data.num_classes, n_train, device),
+                  bf16_hint(first.amp, device))
     for r in plan.runs:
         if r.results is None:
             if plan.claim is not None:
@@ -308,13 +309,13 @@ class _FirstLine:
         self._log(message)
 
 
-def _announce(plan: Plan, n_train: int, world, progress, advice: str | None) -> None:
+def _announce(plan: Plan, n_train: int, world, progress, advice: str | None, hint: str | None = None) -> None:
     """The run's header, the CPU advice, where a resume continues, what the schedule changed for a
     short run (stderr: the run's record on stdout is its epochs and result)."""
     first = plan.runs[0]
     progress.log(_describe(first.cfg, n_train, world, plan.out))
     resuming = next((_resuming(r) for r in plan.runs if r.state is not None), None) if plan.resume else None
-    for line in (advice, resuming, *schedule_plan(first.cfg).notes):
+    for line in (advice, hint, resuming, *schedule_plan(first.cfg).notes):
         if line:
             progress.log(line)
 

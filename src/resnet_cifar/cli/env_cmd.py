@@ -69,13 +69,19 @@ def _cuda(cuda: dict) -> list[str]:
     return lines
 
 
+def _bf16_native(found: list[str] | None) -> str:
+    if found:
+        return f"native ({', '.join(found)}): --amp bf16 trains faster on this CPU"
+    return "emulated (no AVX512_BF16 or AMX): keep --amp off on this CPU, bf16 is slower here"
+
+
 def _devices(info: dict) -> list[str]:
     cpu, mps, comp = info["cpu"], info["mps"], info["compile"]
     threads = "thread" if cpu["torch_threads"] == 1 else "threads"
     lines = [_row("CPU", f"{cpu['logical_cores']} logical cores, torch uses {cpu['torch_threads']} {threads}"
                   + (f" (OMP_NUM_THREADS={cpu['omp_num_threads']})" if cpu["omp_num_threads"] else "")),
              _row("  tensor op", _check(cpu["tensor_check"])),
-             _row("  bf16", _check(cpu["bf16"]))]
+             _row("  bf16", _check(cpu["bf16"]) + "; " + _bf16_native(cpu.get("bf16_instructions")))]
     lines += _cuda(info["cuda"])
     if "skipped" in mps:
         lines.append(_row("MPS", f"not checked ({mps['skipped']})"))
