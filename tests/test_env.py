@@ -42,6 +42,7 @@ def test_text_output(tmp_path, capsys):
     (False, False, "emulated (no AVX512_BF16 or AMX): keep --amp off"),
 ])
 def test_cpu_bf16_says_whether_it_is_native(tmp_path, capsys, monkeypatch, avx512_bf16, amx, expect):
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     assert main(["env", "--device", "cpu", "--data-dir", str(tmp_path)]) == 0
@@ -49,13 +50,18 @@ def test_cpu_bf16_says_whether_it_is_native(tmp_path, capsys, monkeypatch, avx51
     assert len(bf16) == 1 and bf16[0].split(None, 2)[1] == "ok;" and expect in bf16[0]
 
 
-def test_cpu_bf16_probe_that_fails_means_cannot_tell(monkeypatch):
+def test_cpu_bf16_that_torch_cannot_tell_is_not_called_emulated(tmp_path, capsys, monkeypatch):
     def gone():
         raise AttributeError("no such probe in this torch")
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", gone)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", gone)
-    assert runtime.cpu_bf16_instructions() == []
+    assert runtime.cpu_bf16_instructions() is None
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")      # an Arm CPU: its bf16 is not x86's
+    assert runtime.cpu_bf16_instructions() is None
+    assert main(["env", "--device", "cpu", "--data-dir", str(tmp_path)]) == 0
+    bf16 = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  bf16")]
+    assert "cannot tell" in bf16[0] and "emulated" not in bf16[0]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

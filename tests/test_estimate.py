@@ -49,6 +49,7 @@ def test_estimate_and_advice():
     (["AVX512_BF16", "AMX"], "auto", "cpu", True),
     (["AVX512_BF16"], "auto", "cpu", True),
     ([], "auto", "cpu", False),                 # emulated bf16 is slower: nothing to suggest
+    (None, "auto", "cpu", False),               # torch cannot tell: nothing to suggest
     (["AMX"], "off", "cpu", False),             # the user chose fp32
     (["AMX"], "bf16", "cpu", False),            # already on
     (["AMX"], "auto", "cuda", False),           # auto is bf16 there anyway
@@ -56,7 +57,7 @@ def test_estimate_and_advice():
 def test_bf16_hint_only_where_native_bf16_is_left_unused(monkeypatch, found, amp, device, says):
     import resnet_cifar.estimate as est
 
-    monkeypatch.setattr(est.runtime, "cpu_bf16_instructions", lambda: list(found))
+    monkeypatch.setattr(est.runtime, "cpu_bf16_instructions", lambda: found)
     hint = est.bf16_hint(amp, torch.device(device))
     if not says:
         assert hint is None

@@ -4,8 +4,11 @@ On CUDA a sync stops the host from queueing the next step while the device still
 benchmarks/gpu_session.py counted five a step on an H200 (2026-12-04: two tensors built from host
 values in `normalize`, one in `Sums.of`, two in torch's AveragedModel for the EMA). A CPU cannot
 sync, but the operations that would are visible in the dispatcher: `aten._local_scalar_dense` is
-every read of a device value on the host (`.item()`, `bool(t)`, `int(t)`), and `aten.lift_fresh` is
-every tensor made from host data (`torch.tensor(...)`, a copy from host memory on CUDA).
+every read of a device value on the host (`.item()`, `bool(t)`, `int(t)`), `aten.lift_fresh` is
+every tensor made from host data (`torch.tensor(...)`, a copy from host memory on CUDA), and
+`aten.nonzero` (boolean-mask indexing too) waits for its output's size. What a CPU cannot show: a
+`.to("cuda")` of a host tensor, or a copy back to the host (`.cpu()`, `.tolist()`); the loop has none
+today, and gpu_session.py's count on a GPU is the check for those.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from resnet_cifar.config import resolve
 from resnet_cifar.ema import DeviceEMA
 from resnet_cifar.engine import Trainer
 
-SYNCING = ("aten._local_scalar_dense", "aten.lift_fresh")
+SYNCING = ("aten._local_scalar_dense", "aten.lift_fresh", "aten.nonzero")
 
 
 class RecordSyncs(TorchDispatchMode):
@@ -54,7 +57,7 @@ def test_loop_body_reads_nothing_back(tmp_path, preset, extra):
     for _ in range(2):                   # warm-up: the first EMA update may read its count once
         _, x, y = next(batches)
         trainer.loop_step(x, y, len(y), False)
-    with RecordSyncs() as rec:
+    with RecordSyncs() as rec:           # the loader's batch too: normalize and the augmentation run in it
         for _ in range(2):
             _, x, y = next(batches)
             trainer.loop_step(x, y, len(y), False)

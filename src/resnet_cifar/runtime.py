@@ -65,20 +65,25 @@ def pick_device(name: str = "auto", local_rank: int | None = None) -> torch.devi
     raise UsageError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}")
 
 
-def cpu_bf16_instructions() -> list[str]:
-    """The CPU's native bf16 instructions that oneDNN uses (AVX512_BF16, AMX tiles); [] where there
-    are none, or torch cannot tell. Without them bf16 is emulated and slower than fp32 (the workplace
+def cpu_bf16_instructions() -> list[str] | None:
+    """The x86 CPU's native bf16 instructions that oneDNN uses (AVX512_BF16, AMX tiles): [] where it has
+    none, None where torch cannot tell (another architecture, e.g. an Arm CPU with its own bf16; a torch
+    without these private probes). Without them bf16 is emulated and slower than fp32 (the workplace
     measured 0.11x and 0.77x for ResNet-18); with them `--amp bf16` trains the speedrun net 1.9x
     (a Zen 4) to 2.65x (an AMX Xeon) faster (benchmarks/README.md S28, S39). `auto` stays fp32 on
     every CPU all the same: the preset's accuracy under CPU bf16 rests on one run (S41), and a default
     that follows the CPU would give the same command different numbers on different machines."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "x86", "i686"):
+        return None
     found = []
     for name, probe in (("AVX512_BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported")):
         try:
             if getattr(torch.cpu, probe)():
                 found.append(name)
         except Exception:  # a private probe: absent or failing means "cannot tell"
-            pass
+            return None
     return found
 
 

@@ -72,6 +72,8 @@ def _cuda(cuda: dict) -> list[str]:
 def _bf16_native(found: list[str] | None) -> str:
     if found:
         return f"native ({', '.join(found)}): --amp bf16 trains faster on this CPU"
+    if found is None:
+        return "native bf16 instructions: cannot tell on this CPU (time --amp bf16 against off with `bench`)"
     return "emulated (no AVX512_BF16 or AMX): keep --amp off on this CPU, bf16 is slower here"
 
 
