@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -31,22 +29,12 @@ SPEEDRUN_MEASURED = ("90.9% val with TTA on the JPEG copy of CIFAR-10 (n=3), ~21
                      "(all AVX-512); ~54 min on a 2-core AMD EPYC Zen 3 (AVX2)")
 
 
-def cpu_model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"GPU {torch.cuda.get_device_name(device)}"
     if device.type == "mps":
         return "Apple GPU (mps)"
-    return f"CPU {cpu_model_name()} ({os.cpu_count()} logical cores, {torch.get_num_threads()} threads)"
+    return f"CPU {runtime.cpu_name()} ({os.cpu_count()} logical cores, {torch.get_num_threads()} threads)"
 
 
 def probe_flops_per_second(model: torch.nn.Module, device: torch.device, batch: int = 8,

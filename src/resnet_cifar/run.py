@@ -309,8 +309,8 @@ class _FirstLine:
         self._log(message)
 
 
-def _announce(plan: Plan, n_train: int, world, progress, advice: str | None, hint: str | None = None) -> None:
-    """The run's header, the CPU advice, where a resume continues, what the schedule changed for a
+def _announce(plan: Plan, n_train: int, world, progress, advice: str | None, hint: str | None) -> None:
+    """The run's header, the CPU advice and bf16 hint, where a resume continues, what the schedule changed for a
     short run (stderr: the run's record on stdout is its epochs and result)."""
     first = plan.runs[0]
     progress.log(_describe(first.cfg, n_train, world, plan.out))

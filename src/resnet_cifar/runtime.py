@@ -25,7 +25,7 @@ from .errors import UsageError, describe
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo), else what the platform module knows."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
